@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` (default pipeline) and `make test`.
+# Each creates (or reuses) its own virtual environment in .venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: venv run test lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# CPU build of torch (on disk on these machines); GPU users: see README.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/snakemake --cores $(CORES)
+
+test: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/snakemake --lint
+
+bench: venv
+	$(BIN)/python bench/bench_agatston.py
+	$(BIN)/python bench/bench_ingest.py
+
+clean:
+	rm -rf results resources .snakemake

@@ -1,0 +1,188 @@
+"""The ``cacs`` command line: one subcommand per pipeline stage.
+
+Snakemake rules call these subcommands and nothing else, so every stage can
+also be run (and debugged) by hand.  Heavy imports happen inside the handlers
+so that ``cacs --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cacs import SCORE_COLUMNS, __version__
+
+log = logging.getLogger("cacs")
+
+
+def _add_agatston_options(p: argparse.ArgumentParser) -> None:
+    """Options mirroring :class:`cacs.agatston.AgatstonParams` (see agatston.md)."""
+    p.add_argument("--threshold-hu", type=float, default=130.0, help="candidate threshold (>=)")
+    p.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
+    p.add_argument("--min-area-mm2", type=float, default=1.0, help="drop smaller lesions")
+    p.add_argument("--lesion-dim", choices=("2d", "3d"), default="2d")
+    p.add_argument(
+        "--no-slice-correction",
+        dest="slice_correction",
+        action="store_false",
+        help="do not multiply by slice increment / 3 mm",
+    )
+
+
+def _agatston_params(args: argparse.Namespace):
+    from cacs.agatston import AgatstonParams
+
+    return AgatstonParams(
+        threshold_hu=args.threshold_hu,
+        connectivity=args.connectivity,
+        min_area_mm2=args.min_area_mm2,
+        lesion_dim=args.lesion_dim,
+        slice_correction=args.slice_correction,
+    )
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from cacs.agatston import score_files
+
+    scores = score_files(Path(args.image), Path(args.labels), _agatston_params(args))
+    if args.json:
+        print(json.dumps({k: scores[k] for k in SCORE_COLUMNS}))
+    else:
+        print(",".join(SCORE_COLUMNS))
+        print(",".join(f"{scores[k]:.6f}" for k in SCORE_COLUMNS))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from cacs.synth.cohort import SynthOptions, generate_cohort
+
+    opts = SynthOptions(
+        preset=args.preset,
+        seed=args.seed,
+        n_patients=args.n_patients,
+        n_segthor_train=args.n_segthor_train,
+        n_segthor_test=args.n_segthor_test,
+        traps=not args.no_traps,
+    )
+    generate_cohort(opts, Path(args.coca_root), Path(args.segthor_root), Path(args.truth_dir))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from cacs.ingest import IngestOptions, run_ingest
+
+    opts = IngestOptions(
+        workers=args.workers,
+        strict=args.strict,
+        paired_ids=args.paired_ids,
+        agatston=_agatston_params(args),
+    )
+    run_ingest(args.cohort, Path(args.root), Path(args.out_dir), Path(args.table), Path(args.qc), opts)
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from cacs.ingest import collect_tables
+
+    collect_tables(
+        [Path(p) for p in args.tables],
+        [Path(p) for p in args.qc],
+        Path(args.cases),
+        Path(args.qc_out),
+    )
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from cacs.split import split_cases
+
+    split_cases(
+        Path(args.cases),
+        Path(args.out),
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cacs", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cacs {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="clinical per-artery Agatston score of IMAGE (HU) + LABELS")
+    p.add_argument("image", help="CT volume in HU (NIfTI or anything SimpleITK reads)")
+    p.add_argument("labels", help="label map on the same grid (0 bg, 1 LM, 2 LCX, 3 LAD, 4 RCA)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a CSV row")
+    _add_agatston_options(p)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("synth", help="generate the synthetic COCA/SegTHOR cohort in real formats")
+    p.add_argument("--preset", choices=("tiny", "small", "realistic"), default="small")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--n-patients", type=int, default=None, help="override the preset")
+    p.add_argument("--n-segthor-train", type=int, default=None, help="override the preset")
+    p.add_argument("--n-segthor-test", type=int, default=None, help="override the preset")
+    p.add_argument("--no-traps", action="store_true", help="omit COCA's layout traps")
+    p.add_argument("--coca-root", required=True)
+    p.add_argument("--segthor-root", required=True)
+    p.add_argument("--truth-dir", required=True, help="generator ground truth (outside COCA tree)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("ingest", help="convert one cohort's raw files into NIfTI + a case table")
+    p.add_argument("cohort", choices=("gated", "nongated", "segthor"))
+    p.add_argument("--root", required=True, help="COCA root (gated/nongated) or SegTHOR root")
+    p.add_argument("--out-dir", required=True, help="folder for the NIfTI volumes")
+    p.add_argument("--table", required=True, help="CSV of ingested cases")
+    p.add_argument("--qc", required=True, help="CSV of problems found (case, file, problem, action)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--strict", action="store_true", help="any warning or error is fatal")
+    p.add_argument(
+        "--paired-ids",
+        action="store_true",
+        help="gated and non-gated folders with the same id are the same patient",
+    )
+    _add_agatston_options(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("collect", help="merge per-cohort tables into cases.csv and qc.csv")
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--qc", nargs="+", required=True)
+    p.add_argument("--cases", required=True, help="output cases.csv")
+    p.add_argument("--qc-out", required=True, help="output qc.csv")
+    p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("split", help="patient-level seeded train/val/test split")
+    p.add_argument("--cases", required=True, help="cases.csv from ingest")
+    p.add_argument("--out", required=True, help="cases.csv with a split column")
+    p.add_argument("--train", type=float, required=True)
+    p.add_argument("--val", type=float, required=True)
+    p.add_argument("--test", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_split)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        # Expected, user-facing failures: one clear line, no traceback.
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

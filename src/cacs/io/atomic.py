@@ -1,0 +1,60 @@
+"""Atomic file writers.
+
+A crashed or killed step must never leave a half-written file that a later
+step (or a rerun) mistakes for a finished one.  Every writer here writes to a
+temporary file in the destination folder and renames it into place; the
+rename is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
+
+    ``suffix`` defaults to the destination's full suffix (``.nii.gz`` stays
+    ``.nii.gz``) so that libraries choosing a format by extension still work.
+    On any exception the temporary file is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(dest.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(dest: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(dest: str | os.PathLike[str], frame: Any) -> None:
+    """Write a pandas DataFrame as CSV (no index), atomically."""
+    with atomic_path(dest) as tmp:
+        frame.to_csv(tmp, index=False)
