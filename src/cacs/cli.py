@@ -66,6 +66,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         n_segthor_train=args.n_segthor_train,
         n_segthor_test=args.n_segthor_test,
         traps=not args.no_traps,
+        workers=args.workers,
     )
     generate_cohort(opts, Path(args.coca_root), Path(args.segthor_root), Path(args.truth_dir))
     return 0
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-segthor-train", type=int, default=None, help="override the preset")
     p.add_argument("--n-segthor-test", type=int, default=None, help="override the preset")
     p.add_argument("--no-traps", action="store_true", help="omit COCA's layout traps")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--coca-root", required=True)
     p.add_argument("--segthor-root", required=True)
     p.add_argument("--truth-dir", required=True, help="generator ground truth (outside COCA tree)")
