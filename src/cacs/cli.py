@@ -178,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from cacs.qc import StrictModeError
+
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, StrictModeError) as exc:
         # Expected, user-facing failures: one clear line, no traceback.
         log.error("%s", exc)
         return 2

@@ -19,7 +19,6 @@ the number of worker processes, and the output is byte-identical per seed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -299,7 +298,8 @@ def generate_cohort(opts: SynthOptions, coca_root: Path, segthor_root: Path, tru
                     pool.submit(synthesize_patient, pid, rank, preset, opts.seed, coca, truth, pid == dup_pid)
                 )
             for i in range(1, n_st_train + 1):
-                jobs.append(pool.submit(synthesize_segthor, i, "train", preset, opts.seed, segthor, opts.traps and i == 2))
+                lower_gt = opts.traps and i == 2  # some SegTHOR copies name the label file gt.nii.gz
+                jobs.append(pool.submit(synthesize_segthor, i, "train", preset, opts.seed, segthor, lower_gt))
             for i in range(n_st_train + 1, n_st_train + n_st_test + 1):
                 jobs.append(pool.submit(synthesize_segthor, i, "test", preset, opts.seed, segthor, False))
             results = [job.result() for job in tqdm(jobs, desc=f"synth {preset.name}", unit="case")]
