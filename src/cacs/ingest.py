@@ -84,30 +84,24 @@ def _geometry_columns(volume_shape: tuple[int, ...], spacing: tuple[float, float
 def _choose_series(
     groups: dict[str, list], rois: list[XmlRoi], qc: QCLog
 ) -> tuple[str, list]:
-    """The series to use: most slices (then folder name), among those the ROIs map onto.
+    """The series to use: most slices (then folder name), preferring one the ROIs map onto.
 
     COCA has patients with two series at identical z, with an extra series
     offset in z, and one whose annotations belong to a replaced series: the
-    annotations decide, and when they fit no series the case is excluded.
+    annotations decide.  When they fit no series, the largest is used and
+    the ROI matching reports (and excludes) the case.
     """
     ordered = sorted(groups, key=lambda k: (-len({round(z, 3) for z in slice_positions(groups[k])}), k))
     wanted = [r.z_mm for r in rois if r.z_mm is not None and not r.is_placeholder]
-    chosen = None
-    for key in ordered:
-        zs = slice_positions(groups[key])
-        if all(np.min(np.abs(zs - z)) <= ROI_Z_TOL_MM for z in wanted):
-            chosen = key
-            break
-    if chosen is None:
-        raise CaseExcluded(
-            f"annotation z positions match none of the {len(groups)} series "
-            f"({', '.join(ordered)}): annotations belong to other images"
-        )
+    chosen = next(
+        (k for k in ordered if all(np.min(np.abs(slice_positions(groups[k]) - z)) <= ROI_Z_TOL_MM for z in wanted)),
+        ordered[0],
+    )
     for key in ordered:
         if key == chosen:
             continue
         other = slice_positions(groups[key])
-        same = np.array_equal(np.sort(np.round(other, 3)), np.sort(np.round(slice_positions(groups[chosen]), 3)))
+        same = np.array_equal(np.unique(np.round(other, 3)), np.unique(np.round(slice_positions(groups[chosen]), 3)))
         qc.add(
             f"{len(groups)} series in the patient folder; {key} ({len(other)} slices) "
             + ("has identical z positions" if same else "has other z positions"),
@@ -392,7 +386,8 @@ def run_ingest(cohort: str, root: Path, out_dir: Path, table: Path, qc_path: Pat
                 file=root / NONGATED_DIR / "scores.xlsx",
                 case_id=f"nongated-{pid}",
             )
-        jobs = [(pid, root, out_dir, opts, sheet.get(pid)) for pid in pids]
+        # A rejected sheet row (None) already has its exclusion row: do not report it twice.
+        jobs = [(pid, root, out_dir, opts, sheet.get(pid)) for pid in pids if pid not in sheet or sheet[pid]]
         results = _run_parallel(ingest_nongated_case, jobs, opts.workers, "ingest non-gated")
         columns = CASE_COLUMNS
     elif cohort == "segthor":

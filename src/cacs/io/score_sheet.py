@@ -30,19 +30,24 @@ class SheetScores:
     row: int  # spreadsheet row number (1 = header), for messages
 
 
-def read_score_sheet(path: Path, qc: QCLog) -> dict[str, SheetScores]:
-    """Valid rows by patient id; every rejected row gets a QC row (case = ``nongated-<pid>``)."""
+def read_score_sheet(path: Path, qc: QCLog) -> dict[str, SheetScores | None]:
+    """Rows by patient id; every rejected row gets a QC row (case = ``nongated-<pid>``).
+
+    A patient whose row was rejected maps to ``None`` so that the caller can
+    tell "excluded here" from "no row at all".
+    """
     if not path.exists():
         raise FileNotFoundError(f"{path}: score sheet not found")
     try:
-        frame = pd.read_excel(path, sheet_name=0, dtype=object)
+        # keep_default_na=False: a cell reading "n/a" or "NA" is a bad value to report, not a blank.
+        frame = pd.read_excel(path, sheet_name=0, dtype=object, keep_default_na=False, na_values=[""])
     except Exception as exc:  # openpyxl/zipfile raise many types for a bad workbook
         raise ValueError(f"{path}: cannot read the score sheet ({type(exc).__name__}: {exc})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    out: dict[str, SheetScores] = {}
+    out: dict[str, SheetScores | None] = {}
     for i, rec in enumerate(frame.to_dict("records")):
         row = i + 2
         key = str(rec["filename"]).strip()
@@ -71,12 +76,14 @@ def read_score_sheet(path: Path, qc: QCLog) -> dict[str, SheetScores]:
                 severity=Severity.ERROR,
                 case_id=case,
             )
+            out.setdefault(pid, None)
             continue
         total = pd.to_numeric(pd.Series([rec["total"]]), errors="coerce").iloc[0]
         if pid in out:
+            first = out[pid]
             qc.add(
-                f"duplicate key {key!r} in rows {out[pid].row} and {row}",
-                f"kept row {out[pid].row}",
+                f"duplicate key {key!r} (row {row})",
+                f"kept row {first.row}" if first else "case excluded",
                 file=path,
                 case_id=case,
             )

@@ -81,20 +81,23 @@ def footprint_rois(
     return rois
 
 
+def roi_pixels(roi: Roi, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) inside the polygon: rows = y, cols = x on the raw float vertices."""
+    return draw_polygon(roi.vertices[:, 1], roi.vertices[:, 0], shape=shape)
+
+
 def rasterise(rois: list[Roi], shape: tuple[int, int, int]) -> np.ndarray:
-    """Label map from ROIs; rows = y, cols = x on the raw float vertices."""
+    """Label map from ROIs (later ROIs overwrite earlier ones, as ingest does)."""
     labels = np.zeros(shape, dtype=np.uint8)
     for roi in rois:
-        rr, cc = draw_polygon(roi.vertices[:, 1], roi.vertices[:, 0], shape=shape[1:])
-        labels[roi.slice_index, rr, cc] = roi.label
+        labels[(roi.slice_index, *roi_pixels(roi, shape[1:]))] = roi.label
     return labels
 
 
 def _roi_dict(roi: Roi, hu: np.ndarray, grid: Grid, index_in_image: int) -> dict:
     sx, sy, _ = grid.spacing
     z = float(grid.axis(2)[roi.slice_index])
-    rr, cc = draw_polygon(roi.vertices[:, 1], roi.vertices[:, 0], shape=hu.shape[1:])
-    vals = hu[roi.slice_index, rr, cc].astype(float)
+    vals = hu[roi.slice_index][roi_pixels(roi, hu.shape[1:])].astype(float)
     vals = vals[vals >= 130]  # COCA's ROI statistics are over the thresholded pixels
     ox, oy = grid.origin[0], grid.origin[1]
     pts_mm = [fmt_mm(ox + x * sx, oy + y * sy, z) for x, y in roi.vertices]

@@ -36,7 +36,7 @@ from cacs.agatston import AgatstonParams, agatston_scores
 from cacs.cvd import cvd_rank
 from cacs.io.atomic import write_bytes, write_csv, write_json
 from cacs.io.nifti import Geometry, write_volume
-from cacs.synth.annotations import calcium_plist, footprint_rois, rasterise
+from cacs.synth.annotations import calcium_plist, footprint_rois, rasterise, roi_pixels
 from cacs.synth.dicom_writer import write_ct_series
 from cacs.synth.phantom import Grid, make_motion, make_patient, plan_plaques, render
 from cacs.synth.presets import Preset, ScanGrid, get_preset
@@ -160,9 +160,8 @@ def _render_gated(patient, grid: Grid, rank: int, targets: dict[int, float], pre
         rois = []
         for blob in patient.plaques:
             rois.extend(footprint_rois(blob, grid, preset.supersample, g_rng))
-        labels = rasterise(rois, hu.shape)
         # An annotator only keeps ROIs holding calcium (COCA: every ROI's Min >= 130 HU).
-        rois = [r for r in rois if np.any(hu[r.slice_index][labels[r.slice_index] == r.label] >= 130)]
+        rois = [r for r in rois if np.any(hu[r.slice_index][roi_pixels(r, hu.shape[1:])] >= 130)]
         labels = rasterise(rois, hu.shape)
         scores = agatston_scores(hu, labels, grid.spacing, AgatstonParams())
         got = cvd_rank(scores["total"])
@@ -333,7 +332,9 @@ def generate_cohort(opts: SynthOptions, coca_root: Path, segthor_root: Path, tru
             truth / "manifest.json",
             {
                 "generator": f"cacs {__version__}",
-                "options": asdict(opts) | {"n_patients": n, "n_segthor_train": n_st_train, "n_segthor_test": n_st_test},
+                # Worker count is left out: it does not change a byte of the output.
+                "options": {k: v for k, v in asdict(opts).items() if k != "workers"}
+                | {"n_patients": n, "n_segthor_train": n_st_train, "n_segthor_test": n_st_test},
                 "agatston": asdict(AgatstonParams()),
                 "traps": traps,
                 "rank_counts": {str(k): int(v) for k, v in truth_df.cvd_rank.value_counts().sort_index().items()},
