@@ -1,0 +1,160 @@
+"""Configs against the schema, the Snakefile's config checks, and snakemake --lint.
+
+The snakemake runs here are dry runs or lints in a temporary working
+directory: they must work on a fresh clone, before any data exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SNAKEFILE = ROOT / "Snakefile"
+CONFIGS = ("config.yaml", "tiny.yaml", "coca.yaml")
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"  # the venv's, next to this python
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the workflow from another working directory, as a user would."""
+    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_validate(name):
+    cfg = load(name)
+    validate(cfg, str(SCHEMA))
+    split = cfg["split"]
+    assert split["train"] + split["val"] + split["test"] == pytest.approx(1.0)
+
+
+def test_defaults_fill_a_minimal_config():
+    cfg = {"data": {"source": "local", "coca_root": "/c", "segthor_root": "/s"}}
+    validate(cfg, str(SCHEMA))
+    assert cfg["agatston"]["threshold_hu"] == 130
+    assert cfg["split"] == {"train": 0.6, "val": 0.15, "test": 0.25, "seed": 42}
+    assert cfg["data"]["paired_ids"] is False
+    assert cfg["ingest"]["workers"] >= 1
+
+
+def test_coca_config_follows_the_paper():
+    cfg = load("coca.yaml")
+    assert cfg["data"]["source"] == "local"
+    assert cfg["data"]["paired_ids"] is False
+    assert cfg["split"]["test"] == pytest.approx(152 / 659, abs=0.005)
+
+
+def test_tiny_config_is_tiny_and_separate():
+    tiny, default = load("tiny.yaml"), load("config.yaml")
+    assert tiny["synthetic"]["preset"] == "tiny"
+    for key in ("coca_root", "segthor_root"):
+        assert tiny["data"][key] != default["data"][key]
+    assert tiny["synthetic"]["truth_dir"] != default["synthetic"]["truth_dir"]
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        (("agatston",), "treshold_hu"),
+        (("data",), "coca_rot"),
+        (("split",), "tset"),
+        ((), "strikt"),
+    ],
+)
+def test_misspelt_key_rejected(path, key):
+    cfg = load("config.yaml")
+    section = cfg
+    for p in path:
+        section = section[p]
+    section[key] = 1
+    with pytest.raises(WorkflowError, match=key):
+        validate(cfg, str(SCHEMA))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("data", "source", "remote"),
+        ("synthetic", "preset", "huge"),
+        ("agatston", "lesion_dim", "4d"),
+        ("agatston", "connectivity", 6),
+        ("split", "val", 1.5),
+        ("split", "train", -0.1),
+        ("ingest", "workers", 0),
+        ("synthetic", "n_patients", 0),
+        ("agatston", "threshold_hu", "high"),
+        ("strict", None, "yes"),
+    ],
+)
+def test_bad_value_rejected_naming_the_key(section, key, value):
+    cfg = copy.deepcopy(load("config.yaml"))
+    if key is None:
+        cfg[section] = value
+    else:
+        cfg[section][key] = value
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    named = f"['{section}']" + (f"['{key}']" if key else "")
+    assert named in str(err.value)
+
+
+def test_env_pins_equal_pyproject():
+    """envs/cacs.yaml installs exactly the versions pyproject.toml pins."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {d.split("==")[0].lower(): d.split("==")[1] for d in project["dependencies"]}
+    env = yaml.safe_load((ROOT / "envs" / "cacs.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_pins = {d.split("==")[0].lower(): d.split("==")[1] for d in pip if "==" in d}
+    assert env_pins == pins
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_lint_is_clean(tmp_path):
+    """Every rule has log: and conda: (and nothing else to lint), without any data."""
+    result = snakemake(tmp_path, "--lint", "--configfile", str(ROOT / "config" / "tiny.yaml"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Lints for" not in output, output
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tiny.yaml"])
+def test_dry_run_plans_the_pipeline(tmp_path, name):
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / name))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for rule in ("synthesize_cohort", "ingest_gated", "ingest_nongated", "ingest_segthor", "collect_cases", "split"):
+        assert f"rule {rule}:" in output, rule
+    assert "results/split/cases.csv" in output
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+def test_snakefile_rejects_fractions_not_summing_to_one(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("split: {train: 0.6, val: 0.2, test: 0.25, seed: 1}\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'split'" in output and "sum to 1" in output, output
+
+
+def test_snakefile_rejects_misspelt_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agatston: {treshold_hu: 100}\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "treshold_hu" in output, output

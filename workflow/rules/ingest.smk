@@ -1,0 +1,93 @@
+# Stage "ingest": raw DICOM / plist / score sheet / NIfTI -> NIfTI volumes,
+# one table per cohort and one QC table per cohort; then cases.csv + qc.csv.
+
+
+rule ingest_gated:
+    input:
+        root=COCA_ROOT,
+    output:
+        table=f"{INGEST}/gated.csv",
+        qc=f"{INGEST}/qc_gated.csv",
+        volumes=directory(f"{INGEST}/gated"),
+    params:
+        flags=ingest_flags(config, "gated"),
+        agatston=agatston_flags(config),
+    threads: config["ingest"]["workers"]
+    log:
+        f"{LOGS}/ingest_gated.log",
+    benchmark:
+        f"{BENCH}/ingest_gated.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs ingest gated --root {input.root} --out-dir {output.volumes}"
+        " --table {output.table} --qc {output.qc} --workers {threads}"
+        " {params.flags} {params.agatston}"
+        " > {log} 2>&1"
+
+
+rule ingest_nongated:
+    input:
+        root=COCA_ROOT,
+    output:
+        table=f"{INGEST}/nongated.csv",
+        qc=f"{INGEST}/qc_nongated.csv",
+        volumes=directory(f"{INGEST}/nongated"),
+    params:
+        flags=ingest_flags(config, "nongated"),
+    threads: config["ingest"]["workers"]
+    log:
+        f"{LOGS}/ingest_nongated.log",
+    benchmark:
+        f"{BENCH}/ingest_nongated.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs ingest nongated --root {input.root} --out-dir {output.volumes}"
+        " --table {output.table} --qc {output.qc} --workers {threads}"
+        " {params.flags}"
+        " > {log} 2>&1"
+
+
+rule ingest_segthor:
+    input:
+        root=SEGTHOR_ROOT,
+    output:
+        table=f"{INGEST}/segthor.csv",
+        qc=f"{INGEST}/qc_segthor.csv",
+        volumes=directory(f"{INGEST}/segthor"),
+    params:
+        flags=ingest_flags(config, "segthor"),
+    threads: config["ingest"]["workers"]
+    log:
+        f"{LOGS}/ingest_segthor.log",
+    benchmark:
+        f"{BENCH}/ingest_segthor.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs ingest segthor --root {input.root} --out-dir {output.volumes}"
+        " --table {output.table} --qc {output.qc} --workers {threads}"
+        " {params.flags}"
+        " > {log} 2>&1"
+
+
+rule collect_cases:
+    input:
+        gated=f"{INGEST}/gated.csv",
+        nongated=f"{INGEST}/nongated.csv",
+        qc_gated=f"{INGEST}/qc_gated.csv",
+        qc_nongated=f"{INGEST}/qc_nongated.csv",
+        qc_segthor=f"{INGEST}/qc_segthor.csv",
+    output:
+        cases=f"{INGEST}/cases.csv",
+        qc=f"{INGEST}/qc.csv",
+    log:
+        f"{LOGS}/collect_cases.log",
+    conda:
+        CACS_ENV
+    shell:
+        "cacs collect --tables {input.gated} {input.nongated}"
+        " --qc {input.qc_gated} {input.qc_nongated} {input.qc_segthor}"
+        " --cases {output.cases} --qc-out {output.qc}"
+        " > {log} 2>&1"
