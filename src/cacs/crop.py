@@ -85,7 +85,7 @@ def box_to_index_range(
     gives the enclosing index box.  ``stop`` is exclusive.
     """
     lo_mm, hi_mm = np.asarray(lo_mm, float), np.asarray(hi_mm, float)
-    corners = np.array([[x, y, z] for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1]) for z in (lo_mm[2], hi_mm[2])])
+    corners = np.array(np.meshgrid(*zip(lo_mm, hi_mm, strict=True), indexing="ij")).reshape(3, -1).T
     idx = physical_to_index(geometry, corners)
     eps = 1e-6  # a centre exactly on the box edge is inside
     start = np.ceil(idx.min(axis=0) - eps).astype(int)
