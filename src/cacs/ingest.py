@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cacs import ARTERIES
 from cacs.agatston import AgatstonParams, agatston_scores
@@ -31,6 +29,7 @@ from cacs.io.calcium_xml import XmlRoi, parse_calcium_xml, rasterise_roi
 from cacs.io.dicom_series import Volume, assemble, group_series, read_slices, slice_positions
 from cacs.io.nifti import read_volume, write_volume
 from cacs.io.score_sheet import read_score_sheet
+from cacs.parallel import run_cases
 from cacs.qc import QC_COLUMNS, CaseExcluded, QCIssue, QCLog, Severity, enforce_strict, issues_frame
 
 log = logging.getLogger(__name__)
@@ -358,21 +357,13 @@ def _segthor_cases(root: Path) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- driver ----
 
 
-def _run_parallel(fn: Callable, jobs: list[tuple], workers: int, desc: str) -> list[tuple]:
-    if workers <= 1:
-        return [fn(*job) for job in tqdm(jobs, desc=desc, unit="case")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        return [f.result() for f in tqdm(futures, desc=desc, unit="case")]
-
-
 def run_ingest(cohort: str, root: Path, out_dir: Path, table: Path, qc_path: Path, opts: IngestOptions) -> pd.DataFrame:
     """Ingest one cohort; write its table and QC table atomically."""
     cohort_qc = QCLog("", cohort)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cohort == "gated":
         pids = _gated_ids(root, cohort_qc)
-        results = _run_parallel(
+        results = run_cases(
             ingest_gated_case, [(pid, root, out_dir, opts) for pid in pids], opts.workers, "ingest gated"
         )
         columns = CASE_COLUMNS
@@ -388,11 +379,11 @@ def run_ingest(cohort: str, root: Path, out_dir: Path, table: Path, qc_path: Pat
             )
         # A rejected sheet row (None) already has its exclusion row: do not report it twice.
         jobs = [(pid, root, out_dir, opts, sheet.get(pid)) for pid in pids if pid not in sheet or sheet[pid]]
-        results = _run_parallel(ingest_nongated_case, jobs, opts.workers, "ingest non-gated")
+        results = run_cases(ingest_nongated_case, jobs, opts.workers, "ingest non-gated")
         columns = CASE_COLUMNS
     elif cohort == "segthor":
         jobs = [(name, split, root, out_dir, opts) for name, split in _segthor_cases(root)]
-        results = _run_parallel(ingest_segthor_case, jobs, opts.workers, "ingest SegTHOR")
+        results = run_cases(ingest_segthor_case, jobs, opts.workers, "ingest SegTHOR")
         columns = SEGTHOR_COLUMNS
     else:
         raise ValueError(f"unknown cohort {cohort!r}")
