@@ -31,6 +31,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_agatston.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_localize.py
 
 clean:
 	rm -rf results resources .snakemake

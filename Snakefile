@@ -1,7 +1,7 @@
 # cacs: coronary artery calcium scoring on non-gated chest CT (SPSS paper).
 # Thin wiring only: every step is a `cacs <subcommand>` (src/cacs/cli.py).
-# Stages, one file each, in workflow/rules/: acquire -> ingest -> split
-# (localize, train, predict, evaluate, report follow in later issues).
+# Stages, one file each, in workflow/rules/: acquire -> ingest -> split -> localize
+# (train, predict, evaluate, report follow in later issues).
 # Every config key: config/README.md.
 #
 # The default config file and the schema are found next to this Snakefile, so
@@ -31,6 +31,7 @@ check_config(config)
 include: "workflow/rules/acquire.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/split.smk"
+include: "workflow/rules/localize.smk"
 
 
 rule all:
@@ -39,3 +40,6 @@ rule all:
         f"{SPLIT}/cases.csv",
         f"{INGEST}/qc.csv",
         f"{INGEST}/segthor.csv",
+        f"{CROPS}/index.csv",
+        f"{LOCALIZER}/containment.csv",
+        f"{LOCALIZER}/dice.csv",

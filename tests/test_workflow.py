@@ -43,6 +43,18 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     segthor = pd.read_csv(tmp_path / "results" / "ingest" / "segthor.csv")
     assert (segthor.split == "train").sum() == 4
     assert list((tmp_path / "results" / "logs").rglob("*.log"))
+    # Localize: held-out Dice table, one box per scan, crops on the model grid, and
+    # every reference calcium voxel and score point of every gated scan kept.
+    loc = tmp_path / "results" / "localizer"
+    assert len(pd.read_csv(loc / "dice.csv")) >= 1
+    boxes = pd.read_csv(loc / "boxes.csv")
+    assert set(boxes.case_id) == set(cases.case_id)
+    index = pd.read_csv(tmp_path / "results" / "crops" / "index.csv")
+    assert set(index.case_id) == set(cases.case_id)
+    assert (index.fallback == ~boxes.set_index("case_id").loc[index.case_id, "plausible"].to_numpy()).all()
+    containment = pd.read_csv(loc / "containment.csv").set_index("case_id")
+    assert (containment[["calcium_voxels_in_crop", "score_in_crop"]] == 1.0).all().all()
+    assert containment.loc["ALL", "score_in_crop"] == 1.0
     again = _snakemake(tmp_path, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

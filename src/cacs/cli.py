@@ -111,6 +111,108 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_localizer(args: argparse.Namespace) -> int:
+    from cacs.localizer import LocalizerParams, train_localizer
+
+    params = LocalizerParams(
+        spacing_mm=tuple(args.spacing_mm),
+        hu_window=tuple(args.hu_window),
+        channels=tuple(args.channels),
+        patch_size=tuple(args.patch_size),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        augment=args.augment,
+        device=args.device,
+    )
+    train_localizer(Path(args.segthor_table), Path(args.out_dir), params)
+    return 0
+
+
+def _cmd_predict_heart(args: argparse.Namespace) -> int:
+    from cacs.heart_boxes import Plausibility, predict_boxes
+
+    predict_boxes(
+        Path(args.cases),
+        Path(args.model),
+        Path(args.out_dir),
+        Path(args.table),
+        Plausibility(args.min_heart_ml, args.max_heart_ml),
+        device=args.device,
+    )
+    return 0
+
+
+def _cmd_crop(args: argparse.Namespace) -> int:
+    from cacs.crop import CropParams, crop_all
+
+    params = CropParams(
+        margin_xy_mm=args.margin_xy_mm,
+        margin_z_mm=args.margin_z_mm,
+        model_spacing_mm=tuple(args.model_spacing_mm),
+        model_size=tuple(args.model_size),
+        fallback_box_mm=tuple(args.fallback_box_mm),
+    )
+    crop_all(
+        Path(args.cases),
+        Path(args.boxes),
+        Path(args.out_dir),
+        Path(args.index),
+        Path(args.containment),
+        Path(args.qc),
+        params,
+        _agatston_params(args),
+        workers=args.workers,
+    )
+    return 0
+
+
+def _add_localize_parsers(sub) -> None:
+    p = sub.add_parser("train-localizer", help="train the 3D UNet heart localizer on SegTHOR (resumable)")
+    p.add_argument("--segthor-table", required=True, help="segthor.csv from ingest")
+    p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv, dice.csv go here")
+    p.add_argument("--spacing-mm", type=float, nargs=3, default=(4.0, 4.0, 4.0), metavar=("X", "Y", "Z"))
+    p.add_argument("--hu-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--channels", type=int, nargs="+", default=(16, 32, 64, 128, 256))
+    p.add_argument("--patch-size", type=int, nargs=3, default=(96, 96, 64), metavar=("X", "Y", "Z"))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of SegTHOR training cases")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_cmd_train_localizer)
+
+    p = sub.add_parser("predict-heart", help="heart mask and bounding box (mm) for every COCA scan")
+    p.add_argument("--cases", required=True, help="cases.csv (split or not)")
+    p.add_argument("--model", required=True, help="model.pt from train-localizer")
+    p.add_argument("--out-dir", required=True, help="one <case_id>.json per scan")
+    p.add_argument("--table", required=True, help="all boxes as CSV")
+    p.add_argument("--min-heart-ml", type=float, default=150.0, help="smaller predictions are implausible")
+    p.add_argument("--max-heart-ml", type=float, default=1500.0, help="larger predictions are implausible")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_cmd_predict_heart)
+
+    p = sub.add_parser("crop", help="crop scans to heart box + margin and resample to the model grid")
+    p.add_argument("--cases", required=True, help="cases.csv with split")
+    p.add_argument("--boxes", required=True, help="boxes.csv from predict-heart")
+    p.add_argument("--out-dir", required=True, help="<case_id>_{image,labels}.{npy,nii.gz}")
+    p.add_argument("--index", required=True, help="crop table (index of the cached crops)")
+    p.add_argument("--containment", required=True, help="reference calcium kept per gated scan")
+    p.add_argument("--qc", required=True, help="fallbacks and calcium losses")
+    p.add_argument("--margin-xy-mm", type=float, default=16.0)
+    p.add_argument("--margin-z-mm", type=float, default=0.0)
+    p.add_argument("--model-spacing-mm", type=float, nargs=3, default=(1.5, 1.5, 3.0), metavar=("X", "Y", "Z"))
+    p.add_argument("--model-size", type=int, nargs=3, default=(128, 128, 48), metavar=("X", "Y", "Z"))
+    p.add_argument("--fallback-box-mm", type=float, nargs=2, default=(160.0, 160.0), metavar=("X", "Y"))
+    p.add_argument("--workers", type=int, default=1)
+    _add_agatston_options(p)
+    p.set_defaults(func=_cmd_crop)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cacs", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cacs {__version__}")
@@ -168,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=float, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_split)
+
+    _add_localize_parsers(sub)
     return parser
 
 

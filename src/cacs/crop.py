@@ -22,7 +22,15 @@ import SimpleITK as sitk
 
 from cacs.agatston import AgatstonParams, agatston_scores
 from cacs.io.atomic import atomic_path, write_csv
-from cacs.io.nifti import Geometry, read_volume, write_volume
+from cacs.io.nifti import (
+    Geometry,
+    box_corners,
+    index_box_extent_mm,
+    index_to_physical,
+    physical_to_index,
+    read_volume,
+    write_volume,
+)
 from cacs.parallel import run_cases
 from cacs.qc import QCLog, issues_frame
 
@@ -35,8 +43,6 @@ class CropParams:
     margin_z_mm: float = 0.0
     model_spacing_mm: tuple[float, float, float] = (1.5, 1.5, 3.0)  # x, y, z
     model_size: tuple[int, int, int] = (128, 128, 48)  # x, y, z
-    min_heart_ml: float = 150.0  # plausible heart volumes; outside -> fallback
-    max_heart_ml: float = 1500.0
     fallback_box_mm: tuple[float, float] = (160.0, 160.0)  # x, y around the image centre; all of z
 
     def __post_init__(self) -> None:
@@ -44,32 +50,13 @@ class CropParams:
             raise ValueError("crop margins must be >= 0 mm")
         if any(s <= 0 for s in self.model_spacing_mm) or any(n < 1 for n in self.model_size):
             raise ValueError("crop.model_spacing_mm must be > 0 and crop.model_size >= 1")
-        if not 0 <= self.min_heart_ml < self.max_heart_ml:
-            raise ValueError("crop.min_heart_ml must be >= 0 and below crop.max_heart_ml")
-
-
-def _direction(geometry: Geometry) -> np.ndarray:
-    return np.asarray(geometry.direction, dtype=float).reshape(3, 3)
-
-
-def index_to_physical(geometry: Geometry, index_xyz: np.ndarray) -> np.ndarray:
-    """Continuous (x, y, z) voxel index -> physical mm (rows of ``index_xyz``)."""
-    idx = np.atleast_2d(np.asarray(index_xyz, dtype=float))
-    return np.asarray(geometry.origin) + (idx * np.asarray(geometry.spacing)) @ _direction(geometry).T
-
-
-def physical_to_index(geometry: Geometry, points_mm: np.ndarray) -> np.ndarray:
-    """Physical mm -> continuous (x, y, z) voxel index (voxel centres are integers)."""
-    pts = np.atleast_2d(np.asarray(points_mm, dtype=float))
-    return ((pts - np.asarray(geometry.origin)) @ _direction(geometry)) / np.asarray(geometry.spacing)
+        if len(self.fallback_box_mm) != 2 or any(v <= 0 for v in self.fallback_box_mm):
+            raise ValueError("crop.fallback_box_mm must be two sizes > 0 mm (x, y)")
 
 
 def image_extent_mm(geometry: Geometry, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounds of an image, voxel edges included."""
-    nz, ny, nx = shape_zyx
-    corners = np.array([[i, j, k] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
-    pts = index_to_physical(geometry, corners)
-    return pts.min(axis=0), pts.max(axis=0)
+    return index_box_extent_mm(geometry, np.full(3, -0.5), np.array(shape_zyx[::-1]) - 0.5)
 
 
 def extend_box(lo: np.ndarray, hi: np.ndarray, params: CropParams) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +81,7 @@ def box_to_index_range(
     gives the enclosing index box.  ``stop`` is exclusive.
     """
     lo_mm, hi_mm = np.asarray(lo_mm, float), np.asarray(hi_mm, float)
-    corners = np.array(np.meshgrid(*zip(lo_mm, hi_mm, strict=True), indexing="ij")).reshape(3, -1).T
-    idx = physical_to_index(geometry, corners)
+    idx = physical_to_index(geometry, box_corners(lo_mm, hi_mm))
     eps = 1e-6  # a centre exactly on the box edge is inside
     start = np.ceil(idx.min(axis=0) - eps).astype(int)
     stop = np.floor(idx.max(axis=0) + eps).astype(int) + 1
@@ -161,6 +147,7 @@ def voxel_centres_mm(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 # ------------------------------------------------------------------ driver --
 
+CONTAINMENT_COLUMNS: tuple[str, ...] = ("calcium_voxels_in_crop", "score_in_crop", "calcium_voxels_in_model_grid")
 CROP_COLUMNS: tuple[str, ...] = (
     "case_id", "patient_id", "cohort", "split", "image_npy", "labels_npy", "image_nii", "labels_nii",
     "fallback", "crop_lo_x", "crop_lo_y", "crop_lo_z", "crop_hi_x", "crop_hi_y", "crop_hi_z",
@@ -188,7 +175,7 @@ def containment(
     calcium = (labels > 0) & (hu >= agatston.threshold_hu)
     n_total = int(calcium.sum())
     if n_total == 0:
-        return {"calcium_voxels_in_crop": 1.0, "score_in_crop": 1.0, "calcium_voxels_in_model_grid": 1.0}
+        return dict.fromkeys(CONTAINMENT_COLUMNS, 1.0)
     region = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
     full = agatston_scores(hu, labels, geometry.spacing, agatston)["total"]
     kept = agatston_scores(hu[region], labels[region], geometry.spacing, agatston)["total"]
@@ -297,10 +284,8 @@ def crop_all(
     issues = [i for _, case_issues in results for i in case_issues]
     write_csv(index_csv, index)
     write_csv(qc_csv, issues_frame(issues))
-    gated = index[index.cohort == "gated"][
-        ["case_id", "calcium_voxels_in_crop", "score_in_crop", "calcium_voxels_in_model_grid", "total", "fallback"]
-    ].copy()
-    overall = _overall_containment(cases, gated, index)
+    gated = index[index.cohort == "gated"][["case_id", *CONTAINMENT_COLUMNS, "total", "fallback"]].copy()
+    overall = _overall_containment(gated)
     write_csv(containment_csv, pd.concat([gated, pd.DataFrame([overall])], ignore_index=True))
     log.info(
         "crops: %d scans, %d fallback; overall calcium voxels kept %.4f, score kept %.4f",
@@ -309,17 +294,16 @@ def crop_all(
     return index
 
 
-def _overall_containment(cases: pd.DataFrame, gated: pd.DataFrame, index: pd.DataFrame) -> dict:
+def _overall_containment(gated: pd.DataFrame) -> dict:
     """Pooled over gated scans: score-weighted share of the reference score kept."""
     if gated.empty or gated.total.sum() == 0:
-        return {"case_id": "ALL", "calcium_voxels_in_crop": 1.0, "score_in_crop": 1.0,
-                "calcium_voxels_in_model_grid": 1.0, "total": float(gated.total.sum()), "fallback": False}  # fmt: skip
+        return {"case_id": "ALL", **dict.fromkeys(CONTAINMENT_COLUMNS, 1.0), "total": float(gated.total.sum()),
+                "fallback": bool(gated.fallback.any())}  # fmt: skip
     w = gated.total / gated.total.sum()
+    pooled = {c: round(float((gated[c] * w).sum()), 12) for c in CONTAINMENT_COLUMNS}  # 12 places: no 0.99999...
     return {
         "case_id": "ALL",
-        "calcium_voxels_in_crop": float((gated.calcium_voxels_in_crop * w).sum()),
-        "score_in_crop": float((gated.score_in_crop * w).sum()),
-        "calcium_voxels_in_model_grid": float((gated.calcium_voxels_in_model_grid * w).sum()),
+        **pooled,
         "total": float(gated.total.sum()),
         "fallback": bool(gated.fallback.any()),
     }

@@ -26,6 +26,8 @@ TRUTH_DIR = config["synthetic"]["truth_dir"]
 
 INGEST = "results/ingest"
 SPLIT = "results/split"
+LOCALIZER = "results/localizer"
+CROPS = "results/crops"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 CACS_ENV = "../../envs/cacs.yaml"  # relative to this folder, as snakemake resolves conda: paths
@@ -76,3 +78,41 @@ def ingest_flags(cfg, cohort):
     if cohort in ("gated", "nongated") and cfg["data"]["paired_ids"]:
         flags.append("--paired-ids")
     return " ".join(flags)
+
+
+def _joined(values):
+    return " ".join(str(v) for v in values)
+
+
+def localizer_flags(cfg):
+    """`cacs train-localizer` options mirroring config key localizer."""
+    loc = cfg["localizer"]
+    flags = [
+        f"--spacing-mm {_joined(loc['spacing_mm'])}",
+        f"--hu-window {_joined(loc['hu_window'])}",
+        f"--channels {_joined(loc['channels'])}",
+        f"--patch-size {_joined(loc['patch_size'])}",
+        f"--epochs {loc['epochs']}",
+        f"--batch-size {loc['batch_size']}",
+        f"--lr {loc['lr']}",
+        f"--val-fraction {loc['val_fraction']}",
+        f"--seed {loc['seed']}",
+        f"--device {loc['device']}",
+    ]
+    if not loc["augment"]:
+        flags.append("--no-augment")
+    return " ".join(flags)
+
+
+def crop_flags(cfg):
+    """`cacs crop` options mirroring config key crop."""
+    c = cfg["crop"]
+    return " ".join(
+        [
+            f"--margin-xy-mm {c['margin_xy_mm']}",
+            f"--margin-z-mm {c['margin_z_mm']}",
+            f"--model-spacing-mm {_joined(c['model_spacing_mm'])}",
+            f"--model-size {_joined(c['model_size'])}",
+            f"--fallback-box-mm {_joined(c['fallback_box_mm'])}",
+        ]
+    )

@@ -58,3 +58,31 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
     if image.GetDimension() != 3:
         raise ValueError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
     return sitk.GetArrayFromImage(image), Geometry.of(image)
+
+
+def direction_matrix(geometry: Geometry) -> np.ndarray:
+    """3x3 direction matrix; column i is the physical direction of index axis i."""
+    return np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+
+
+def index_to_physical(geometry: Geometry, index_xyz: np.ndarray) -> np.ndarray:
+    """Continuous (x, y, z) index -> physical mm, rows in rows out (ITK's formula)."""
+    idx = np.atleast_2d(np.asarray(index_xyz, dtype=float))
+    return np.asarray(geometry.origin) + (idx * np.asarray(geometry.spacing)) @ direction_matrix(geometry).T
+
+
+def physical_to_index(geometry: Geometry, points_mm: np.ndarray) -> np.ndarray:
+    """Physical mm -> continuous (x, y, z) index (voxel centres are integers)."""
+    pts = np.atleast_2d(np.asarray(points_mm, dtype=float))
+    return ((pts - np.asarray(geometry.origin)) @ direction_matrix(geometry)) / np.asarray(geometry.spacing)
+
+
+def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 8 corners (rows) of the axis-aligned box lo..hi."""
+    return np.array(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij")).reshape(3, -1).T
+
+
+def index_box_extent_mm(geometry: Geometry, lo_idx: np.ndarray, hi_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounds of an index box: all 8 corners mapped, so any direction works."""
+    points = index_to_physical(geometry, box_corners(lo_idx, hi_idx))
+    return points.min(axis=0), points.max(axis=0)

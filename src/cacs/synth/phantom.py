@@ -39,7 +39,8 @@ _PATHS: dict[int, list[tuple[float, float]]] = {
     LCX: [(222, 30), (185, 18), (150, 6), (120, -6)],
     RCA: [(165, 58), (125, 40), (90, 18), (60, -4)],
 }
-EPICARDIAL_OFFSET = 1.10  # paths lie in the fat just outside the myocardium
+EPICARDIAL_OFFSET = 1.08  # paths lie in the epicardial fat just outside the myocardium
+PERICARDIUM_SCALE = 1.16  # outer edge of the epicardial fat (= the heart label's outline)
 
 
 @dataclass(frozen=True)
@@ -235,13 +236,14 @@ def anatomy_slice(p: Patient, X: np.ndarray, Y: np.ndarray, z: float) -> tuple[n
     ct, st = np.cos(p.heart_angle), np.sin(p.heart_angle)
     u = ct * (X - hx) + st * (Y - hy)
     v = -st * (X - hx) + ct * (Y - hy)
-    for scale, value in ((1.16, -75.0), (1.0, 42.0)):
+    # The heart label is the pericardial outline (as in RTOG / SegTHOR contouring):
+    # it holds the epicardial fat, where the coronary arteries run.
+    for scale, value in ((PERICARDIUM_SCALE, -75.0), (1.0, 42.0)):
         k = 1.0 - ((z - hz) / (c * scale)) ** 2
         if k > 0:
             inside = (u / (a * scale)) ** 2 + (v / (b * scale)) ** 2 <= k
             hu[inside] = value
-            if value > 0:
-                organ[inside] = 2
+            organ[inside] = 2
     # Aorta: ascending above the heart's base, arch, descending all the way down.
     axc, ayc, ar = p.aorta_asc
     dxc, dyc, dr = p.aorta_desc

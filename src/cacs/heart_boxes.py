@@ -1,0 +1,110 @@
+"""Predict the heart of every COCA scan and turn it into a physical bounding box.
+
+For each scan: the localizer's heart mask on its coarse grid (largest
+connected component), the mask's volume and its bounding box in mm (voxel
+edges included), and a plausibility verdict.  Implausible predictions (empty,
+volume outside the configured range, box touching the in-plane image edge)
+are not fixed here: the crop stage applies its flagged fallback and writes
+the QC row, so the decision and its record live in one place.
+
+The box touching the image edge is checked in-plane only: gated scans are
+reconstructed around the heart, so their z range routinely clips it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cacs.crop import image_extent_mm
+from cacs.io.atomic import write_csv, write_json
+from cacs.io.nifti import read_volume
+from cacs.localizer import load_localizer, mask_bounding_box_mm, mask_volume_ml, predict_heart, resolve_device
+
+log = logging.getLogger(__name__)
+
+EDGE_TOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """Heart volumes outside this range mean the localizer failed on the scan."""
+
+    min_heart_ml: float = 150.0
+    max_heart_ml: float = 1500.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_heart_ml < self.max_heart_ml:
+            raise ValueError("localizer.min_heart_ml must be >= 0 and below localizer.max_heart_ml")
+
+
+def judge_box(
+    heart_ml: float,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+    extent: tuple[np.ndarray, np.ndarray],
+    limits: Plausibility,
+) -> str:
+    """Empty string when the prediction is plausible, else the reason."""
+    if lo is None or hi is None:
+        return "empty heart prediction"
+    if not limits.min_heart_ml <= heart_ml <= limits.max_heart_ml:
+        return f"heart volume {heart_ml:.0f} mL outside [{limits.min_heart_ml:g}, {limits.max_heart_ml:g}] mL"
+    img_lo, img_hi = extent
+    touching = [
+        axis
+        for i, axis in enumerate("xy")
+        if lo[i] <= img_lo[i] + EDGE_TOL_MM or hi[i] >= img_hi[i] - EDGE_TOL_MM
+    ]
+    if touching:
+        return f"heart box touches the image edge in {'/'.join(touching)}"
+    return ""
+
+
+def predict_boxes(
+    cases_csv: Path,
+    model_path: Path,
+    out_dir: Path,
+    table_path: Path,
+    limits: Plausibility,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """One JSON per scan in ``out_dir`` and the collected table at ``table_path``."""
+    cases = pd.read_csv(cases_csv, dtype={"source_id": str}, keep_default_na=False)
+    dev = resolve_device(device)
+    model, params = load_localizer(model_path, dev)
+    rows = []
+    for case in tqdm(cases.itertuples(index=False), total=len(cases), desc="predict heart", unit="scan"):
+        hu, geometry = read_volume(case.image)
+        mask, coarse = predict_heart(model, params, hu, geometry, dev)
+        heart_ml = mask_volume_ml(mask, coarse)
+        lo = hi = None
+        if mask.any():
+            lo, hi = mask_bounding_box_mm(mask, coarse)
+        problem = judge_box(heart_ml, lo, hi, image_extent_mm(geometry, hu.shape), limits)
+        record = {
+            "case_id": case.case_id,
+            "cohort": case.cohort,
+            "heart_ml": round(heart_ml, 3),
+            "box_lo_mm": None if lo is None else [round(float(v), 4) for v in lo],
+            "box_hi_mm": None if hi is None else [round(float(v), 4) for v in hi],
+            "plausible": not problem,
+            "problem": problem,
+        }
+        write_json(out_dir / f"{case.case_id}.json", record)
+        flat = {k: v for k, v in record.items() if not k.startswith("box_")}
+        for name, corner in (("lo", lo), ("hi", hi)):
+            for i, axis in enumerate("xyz"):
+                flat[f"box_{name}_{axis}"] = np.nan if corner is None else round(float(corner[i]), 4)
+        rows.append(flat)
+        if problem:
+            log.warning("%s: %s (the crop stage will use the fallback box)", case.case_id, problem)
+    table = pd.DataFrame(rows)
+    write_csv(table_path, table)
+    log.info("heart boxes: %d scans, %d implausible", len(table), int((~table.plausible).sum()) if len(table) else 0)
+    return table

@@ -1,0 +1,78 @@
+# Stage "localize" (paper section 3.2): a 3D UNet heart localizer trained on
+# SegTHOR, a heart box per COCA scan, and the crops (box + 16 mm axial) on the
+# model grid that training reads.
+
+
+rule train_localizer:
+    input:
+        segthor=f"{INGEST}/segthor.csv",
+    output:
+        model=f"{LOCALIZER}/model.pt",
+        metrics=f"{LOCALIZER}/metrics.csv",
+        dice=f"{LOCALIZER}/dice.csv",
+    params:
+        flags=localizer_flags(config),
+        out_dir=lambda w, output: os.path.dirname(output.model),
+    resources:
+        gpu=config["localizer"]["gpus"],
+    log:
+        f"{LOGS}/train_localizer.log",
+    benchmark:
+        f"{BENCH}/train_localizer.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags}"
+        " > {log} 2>&1"
+
+
+rule predict_heart:
+    input:
+        cases=f"{SPLIT}/cases.csv",
+        model=f"{LOCALIZER}/model.pt",
+    output:
+        table=f"{LOCALIZER}/boxes.csv",
+        boxes=directory(f"{LOCALIZER}/boxes"),
+    params:
+        min_ml=config["localizer"]["min_heart_ml"],
+        max_ml=config["localizer"]["max_heart_ml"],
+        device=config["localizer"]["device"],
+    resources:
+        gpu=config["localizer"]["gpus"],
+    log:
+        f"{LOGS}/predict_heart.log",
+    benchmark:
+        f"{BENCH}/predict_heart.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs predict-heart --cases {input.cases} --model {input.model}"
+        " --out-dir {output.boxes} --table {output.table}"
+        " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device}"
+        " > {log} 2>&1"
+
+
+rule crop:
+    input:
+        cases=f"{SPLIT}/cases.csv",
+        boxes=f"{LOCALIZER}/boxes.csv",
+    output:
+        index=f"{CROPS}/index.csv",
+        qc=f"{CROPS}/qc.csv",
+        containment=f"{LOCALIZER}/containment.csv",
+        volumes=directory(f"{CROPS}/volumes"),
+    params:
+        flags=crop_flags(config),
+        agatston=agatston_flags(config),
+    threads: config["crop"]["workers"]
+    log:
+        f"{LOGS}/crop.log",
+    benchmark:
+        f"{BENCH}/crop.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
+        " --index {output.index} --qc {output.qc} --containment {output.containment}"
+        " --workers {threads} {params.flags} {params.agatston}"
+        " > {log} 2>&1"
