@@ -152,7 +152,7 @@ CROP_COLUMNS: tuple[str, ...] = (
     "case_id", "patient_id", "cohort", "split", "image_npy", "labels_npy", "image_nii", "labels_nii",
     "fallback", "crop_lo_x", "crop_lo_y", "crop_lo_z", "crop_hi_x", "crop_hi_y", "crop_hi_z",
     "calcium_voxels_in_crop", "score_in_crop", "calcium_voxels_in_model_grid",
-    "LM", "LCX", "LAD", "RCA", "total",
+    "spacing_x", "spacing_y", "spacing_z", "LM", "LCX", "LAD", "RCA", "total",
 )  # fmt: skip
 
 
@@ -229,6 +229,7 @@ def crop_case(case: dict, box: dict, out_dir: Path, params: CropParams, agatston
         "labels_npy": "",
         "labels_nii": "",
         "fallback": fallback,
+        **{f"spacing_{a}": float(v) for a, v in zip("xyz", grid.spacing, strict=True)},
         **{f"crop_lo_{a}": round(float(v), 4) for a, v in zip("xyz", crop_lo, strict=True)},
         **{f"crop_hi_{a}": round(float(v), 4) for a, v in zip("xyz", crop_hi, strict=True)},
         **{k: case.get(k, np.nan) for k in ("LM", "LCX", "LAD", "RCA", "total")},
