@@ -1,7 +1,7 @@
 # cacs: coronary artery calcium scoring on non-gated chest CT (SPSS paper).
 # Thin wiring only: every step is a `cacs <subcommand>` (src/cacs/cli.py).
-# Stages, one file each, in workflow/rules/: acquire -> ingest -> split -> localize
-# (train, predict, evaluate, report follow in later issues).
+# Stages, one file each, in workflow/rules/: acquire -> ingest -> split -> localize -> train
+# (predict, evaluate, report follow in later issues).
 # Every config key: config/README.md.
 #
 # The default config file and the schema are found next to this Snakefile, so
@@ -32,6 +32,7 @@ include: "workflow/rules/acquire.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/localize.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -43,3 +44,4 @@ rule all:
         f"{CROPS}/index.csv",
         f"{LOCALIZER}/containment.csv",
         f"{LOCALIZER}/dice.csv",
+        expand(f"{MODELS}/{{experiment}}/model.pt", experiment=EXPERIMENTS),

@@ -55,6 +55,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     containment = pd.read_csv(loc / "containment.csv").set_index("case_id")
     assert (containment[["calcium_voxels_in_crop", "score_in_crop"]] == 1.0).all().all()
     assert containment.loc["ALL", "score_in_crop"] == 1.0
+    # Train: every experiment of the config has a model and a per-epoch metrics table.
+    for experiment in ("spss", "spss_wo_ssl", "spss_ce", "convnet"):
+        metrics = pd.read_csv(tmp_path / "results" / "models" / experiment / "metrics.csv")
+        assert metrics.epoch.tolist() == [1, 2]
+        assert metrics.val_mae_total.notna().all()
+        assert (tmp_path / "results" / "models" / experiment / "model.pt").exists()
     again = _snakemake(tmp_path, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

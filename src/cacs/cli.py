@@ -169,6 +169,21 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from cacs.train import TrainConfig, train_experiment
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        raw = json.loads(args.config_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
+    train_experiment(args.experiment, Path(args.index), Path(args.out_dir), TrainConfig.from_dict(raw),
+                     _agatston_params(args))  # fmt: skip
+    return 0
+
+
 def _add_localize_parsers(sub) -> None:
     p = sub.add_parser("train-localizer", help="train the 3D UNet heart localizer on SegTHOR (resumable)")
     p.add_argument("--segthor-table", required=True, help="segthor.csv from ingest")
@@ -211,6 +226,15 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     _add_agatston_options(p)
     p.set_defaults(func=_cmd_crop)
+
+    p = sub.add_parser("train", help="train one experiment (SPSS, an ablation or the ConvNet) on the crops")
+    p.add_argument("--experiment", required=True, help="experiment name (for logs and the model file)")
+    p.add_argument("--index", required=True, help="results/crops/index.csv")
+    p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv go here")
+    p.add_argument("--config-json", required=True, help="experiment + train settings as JSON (see config/README.md)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    _add_agatston_options(p)
+    p.set_defaults(func=_cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 # Shared constants and helpers: paths, CLI flag strings, config checks.
 # Functions live here only (snakemake --lint wants rules and functions apart).
 
+import json
 import math
 import os
 import shutil
@@ -28,6 +29,8 @@ INGEST = "results/ingest"
 SPLIT = "results/split"
 LOCALIZER = "results/localizer"
 CROPS = "results/crops"
+MODELS = "results/models"
+EXPERIMENTS = sorted(config["experiments"])
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 CACS_ENV = "../../envs/cacs.yaml"  # relative to this folder, as snakemake resolves conda: paths
@@ -116,3 +119,11 @@ def crop_flags(cfg):
             f"--fallback-box-mm {_joined(c['fallback_box_mm'])}",
         ]
     )
+
+
+def experiment_json(cfg, name):
+    """`cacs train --config-json`: the experiment's model and loss plus the train section."""
+    exp = cfg["experiments"][name]
+    train = {k: v for k, v in cfg["train"].items() if k not in ("gpus", "threads")}
+    payload = {**train, "model": exp["model"], "model_config": cfg["models"][exp["model"]], "loss": exp.get("loss", {})}
+    return json.dumps(payload, sort_keys=True)

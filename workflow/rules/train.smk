@@ -1,0 +1,30 @@
+# Stage "train" (paper sections 3.3-3.5, 4.1): one job per experiment of the
+# config (SPSS, its ablations, the ConvNet baseline), each rerunnable alone:
+#   snakemake results/models/spss_ce/model.pt
+
+
+rule train_model:
+    input:
+        index=f"{CROPS}/index.csv",
+    output:
+        model=f"{MODELS}/{{experiment}}/model.pt",
+        metrics=f"{MODELS}/{{experiment}}/metrics.csv",
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    params:
+        cfg=lambda w: experiment_json(config, w.experiment),
+        out_dir=lambda w, output: os.path.dirname(output.model),
+        agatston=agatston_flags(config),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
+    log:
+        f"{LOGS}/train_model/{{experiment}}.log",
+    benchmark:
+        f"{BENCH}/train_model/{{experiment}}.tsv"
+    conda:
+        CACS_ENV
+    shell:
+        "cacs train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
+        " --config-json '{params.cfg}' --threads {threads} {params.agatston}"
+        " > {log} 2>&1"
