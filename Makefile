@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python bench/bench_agatston.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_localize.py
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf results resources .snakemake

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import cacs.train as train_module
 from cacs.agatston import AgatstonParams
 from cacs.crop import CropParams, crop_all
 from cacs.split import split_cases
@@ -71,14 +72,31 @@ def test_each_experiment_lowers_its_loss(tiny_crops, tmp_path, name, model, loss
     assert (tmp_path / "model.pt").exists() and (tmp_path / "checkpoint.pt").exists()
 
 
-def test_interrupt_and_resume_gives_the_same_weights(tiny_crops, tmp_path):
+def test_interrupt_and_resume_gives_the_same_weights(tiny_crops, tmp_path, monkeypatch):
     train_experiment("a", tiny_crops, tmp_path / "a", _cfg("spss", epochs=3))
-    train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=2))
-    metrics = train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=3))  # resumes after epoch 2
+    real_lr = train_module.learning_rate
+
+    def killed_in_epoch_3(cfg, epoch):
+        if epoch == 3:
+            raise RuntimeError("simulated kill")
+        return real_lr(cfg, epoch)
+
+    monkeypatch.setattr(train_module, "learning_rate", killed_in_epoch_3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=3))
+    assert not (tmp_path / "b" / "model.pt").exists()
+    before = pd.read_csv(tmp_path / "b" / "metrics.csv")
+    monkeypatch.setattr(train_module, "learning_rate", real_lr)
+    metrics = train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=3))  # continues after epoch 2
     assert metrics.epoch.tolist() == [1, 2, 3]
+    # Epochs 1-2 come from the checkpoint (their timings are the first run's), not from a restart.
+    assert metrics.seconds.iloc[:2].tolist() == before.seconds.tolist()
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # More epochs later continue the same run too.
+    longer = train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=4))
+    assert longer.seconds.iloc[:3].tolist() == metrics.seconds.tolist()
 
 
 def test_config_rejects_unknown_keys_and_odd_batches():

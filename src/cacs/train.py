@@ -220,7 +220,9 @@ def train_experiment(
     ckpt_path = out_dir / "checkpoint.pt"
     metrics: list[dict] = []
     start = 0
-    cfg_json = json.dumps(asdict(cfg), sort_keys=True)
+    # What a checkpoint must share to be continued: everything but the epoch
+    # count (the schedule depends on the epoch alone) and the device.
+    cfg_json = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("epochs", "device")}, sort_keys=True)
     if ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if saved.get("config") == cfg_json and saved["epoch"] <= cfg.epochs:
