@@ -49,7 +49,7 @@ from monai.transforms import (
 from scipy import ndimage
 from tqdm import tqdm
 
-from cacs.io.atomic import atomic_path, write_csv
+from cacs.io.atomic import write_csv, write_torch
 from cacs.io.nifti import Geometry, index_box_extent_mm, read_volume
 
 log = logging.getLogger(__name__)
@@ -496,10 +496,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_torch(dest: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
-
 
 def _compatible(saved: dict[str, Any], params: LocalizerParams, fit_ids: list[str], held_ids: list[str]) -> str:
     """Why a checkpoint cannot be continued ('' when it can).
@@ -640,7 +636,7 @@ def train_localizer(
             "seconds": time.perf_counter() - t0,
         }
         metrics.append(row)
-        _save_torch(
+        write_torch(
             ckpt_path,
             {
                 "model": model.state_dict(),
@@ -676,7 +672,7 @@ def train_localizer(
                 "pred_ml": mask_volume_ml(native, geometry),
             }
         )
-    _save_torch(
+    write_torch(
         out_dir / MODEL_NAME,
         {
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from cacs import ARTERIES
 from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
-from cacs.io.atomic import atomic_path, write_csv
+from cacs.io.atomic import write_csv, write_torch
 from cacs.localizer import resolve_device
 from cacs.losses import LossConfig, convnet_loss, total_loss
 from cacs.models import build_model
@@ -187,10 +187,6 @@ def evaluate_bias(model, cfg: TrainConfig, scans: list[Scan], device: torch.devi
     return out
 
 
-def _save(dest: Path, obj: dict) -> None:
-    with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
-
 
 def train_experiment(
     name: str, index_csv: Path, out_dir: Path, cfg: TrainConfig, agatston: AgatstonParams | None = None
@@ -256,12 +252,13 @@ def train_experiment(
         row.update(evaluate_bias(model, cfg, val_scans, device, amp))
         row["seconds"] = time.perf_counter() - t0
         metrics.append(row)
-        _save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "metrics": metrics, "config": cfg_json})  # fmt: skip
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                      "metrics": metrics, "config": cfg_json}  # fmt: skip
+        write_torch(ckpt_path, checkpoint)
         write_csv(out_dir / "metrics.csv", pd.DataFrame(metrics))
         log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
-    _save(out_dir / "model.pt", {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                                 "experiment": name, "config": asdict(cfg)})  # fmt: skip
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}
+    write_torch(out_dir / "model.pt", {"state_dict": weights, "experiment": name, "config": asdict(cfg)})
     frame = pd.DataFrame(metrics)
     write_csv(out_dir / "metrics.csv", frame)
     return frame

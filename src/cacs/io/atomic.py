@@ -58,3 +58,11 @@ def write_csv(dest: str | os.PathLike[str], frame: Any) -> None:
     """Write a pandas DataFrame as CSV (no index), atomically."""
     with atomic_path(dest) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def write_torch(dest: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` atomically: a checkpoint is either the old one or the new one, never half."""
+    import torch  # lazy: most stages never need torch
+
+    with atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
