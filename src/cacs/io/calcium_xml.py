@@ -61,6 +61,11 @@ def _points(values: object, pattern: re.Pattern[str], what: str) -> np.ndarray:
     return np.array(out, dtype=float).reshape(len(out), pattern.groups)
 
 
+def parse_point_px(values: list[str]) -> np.ndarray:
+    """``Point_px`` strings -> (n, 2) float array (x = column, y = row), exactly as ingest reads them."""
+    return _points(values, _PX, "Point_px")
+
+
 def parse_calcium_xml(path: Path) -> list[XmlRoi]:
     """All ROIs of one file; ``ValueError`` naming the file if its structure is wrong."""
     try:
@@ -81,7 +86,7 @@ def parse_calcium_xml(path: Path) -> list[XmlRoi]:
             if not isinstance(roi, dict):
                 raise ValueError(f"{where} is not a dict")
             try:
-                px = _points(roi.get("Point_px", []), _PX, "Point_px")
+                px = parse_point_px(roi.get("Point_px", []))
                 mm = _points(roi.get("Point_mm", []), _MM, "Point_mm")
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from exc

@@ -13,12 +13,12 @@ any correct reader of the file must reproduce.
 from __future__ import annotations
 
 import plistlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.draw import polygon as draw_polygon
 
+from cacs.io.calcium_xml import parse_point_px
 from cacs.synth.phantom import Blob, Grid, blob_profile
 
 ROI_NAMES: dict[int, str] = {
@@ -28,7 +28,6 @@ ROI_NAMES: dict[int, str] = {
     4: "Right Coronary Artery",
 }
 
-_PX = re.compile(r"^\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*\)$")
 
 
 def fmt_px(x: float, y: float) -> str:
@@ -75,8 +74,8 @@ def footprint_rois(
         phase = rng.uniform(0, 2 * np.pi)
         t = phase + np.linspace(0, 2 * np.pi, n_vertices, endpoint=False)
         verts = np.stack([ccol + a * np.cos(t), crow + b * np.sin(t)], axis=1)
-        # Round exactly as written to the file so truth == what a reader parses.
-        verts = np.array([[float(v) for v in _PX.match(fmt_px(x, y)).groups()] for x, y in verts])
+        # Round-trip through the file's text and the reader's parser, so truth == what ingest reads.
+        verts = parse_point_px([fmt_px(x, y) for x, y in verts])
         rois.append(Roi(blob.label, k, verts))
     return rois
 
