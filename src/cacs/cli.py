@@ -296,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_split)
 
     _add_localize_parsers(sub)
+
+    from cacs.acquire.cli import add_parsers as add_acquire_parsers
+    from cacs.cli_evaluate import add_parsers as add_evaluate_parsers
+
+    add_acquire_parsers(sub)
+    add_evaluate_parsers(sub)
     return parser
 
 

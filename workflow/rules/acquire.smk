@@ -20,7 +20,7 @@ if SYNTHETIC:
         benchmark:
             f"{BENCH}/synthesize_cohort.tsv"
         conda:
-            CACS_ENV
+            DATA_ENV
         shell:
             "cacs synth --preset {params.preset} --seed {params.seed} {params.extra}"
             " --workers {threads}"

@@ -33,7 +33,12 @@ MODELS = "results/models"
 EXPERIMENTS = sorted(config["experiments"])
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
-CACS_ENV = "../../envs/cacs.yaml"  # relative to this folder, as snakemake resolves conda: paths
+# Conda environment per group of rules (conda: directives; paths relative to this
+# folder, as snakemake resolves them). Each installs the cacs package without
+# dependencies plus only what its group imports.
+DATA_ENV = "../../envs/data.yaml"  # acquire, ingest, split: DICOM/XML/NIfTI, no torch
+TORCH_ENV = "../../envs/torch.yaml"  # localize, crop, train, predict
+PLOT_ENV = "../../envs/plot.yaml"  # statistics, tables, figures
 
 SPLIT_FRACTIONS = ("train", "val", "test")
 

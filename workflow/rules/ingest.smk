@@ -18,7 +18,7 @@ rule ingest_gated:
     benchmark:
         f"{BENCH}/ingest_gated.tsv"
     conda:
-        CACS_ENV
+        DATA_ENV
     shell:
         "cacs ingest gated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
@@ -41,7 +41,7 @@ rule ingest_nongated:
     benchmark:
         f"{BENCH}/ingest_nongated.tsv"
     conda:
-        CACS_ENV
+        DATA_ENV
     shell:
         "cacs ingest nongated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
@@ -64,7 +64,7 @@ rule ingest_segthor:
     benchmark:
         f"{BENCH}/ingest_segthor.tsv"
     conda:
-        CACS_ENV
+        DATA_ENV
     shell:
         "cacs ingest segthor --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
@@ -85,7 +85,7 @@ rule collect_cases:
     log:
         f"{LOGS}/collect_cases.log",
     conda:
-        CACS_ENV
+        DATA_ENV
     shell:
         "cacs collect --tables {input.gated} {input.nongated}"
         " --qc {input.qc_gated} {input.qc_nongated} {input.qc_segthor}"

@@ -20,7 +20,7 @@ rule train_localizer:
     benchmark:
         f"{BENCH}/train_localizer.tsv"
     conda:
-        CACS_ENV
+        TORCH_ENV
     shell:
         "cacs train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags}"
         " > {log} 2>&1"
@@ -44,7 +44,7 @@ rule predict_heart:
     benchmark:
         f"{BENCH}/predict_heart.tsv"
     conda:
-        CACS_ENV
+        TORCH_ENV
     shell:
         "cacs predict-heart --cases {input.cases} --model {input.model}"
         " --out-dir {output.boxes} --table {output.table}"
@@ -70,7 +70,7 @@ rule crop:
     benchmark:
         f"{BENCH}/crop.tsv"
     conda:
-        CACS_ENV
+        TORCH_ENV
     shell:
         "cacs crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
         " --index {output.index} --qc {output.qc} --containment {output.containment}"

@@ -15,7 +15,7 @@ rule split:
     log:
         f"{LOGS}/split.log",
     conda:
-        CACS_ENV
+        DATA_ENV
     shell:
         "cacs split --cases {input.cases} --out {output.cases}"
         " --train {params.train} --val {params.val} --test {params.test} --seed {params.seed}"

@@ -23,7 +23,7 @@ rule train_model:
     benchmark:
         f"{BENCH}/train_model/{{experiment}}.tsv"
     conda:
-        CACS_ENV
+        TORCH_ENV
     shell:
         "cacs train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
         " --config-json '{params.cfg}' --threads {threads} {params.agatston}"

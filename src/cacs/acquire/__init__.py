@@ -1,0 +1,1 @@
+"""Real-data acquisition: COCA (azcopy), SegTHOR (archive), layout verification."""
