@@ -33,6 +33,7 @@ bench: venv
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_localize.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_evaluate.py
 
 clean:
 	rm -rf results resources .snakemake

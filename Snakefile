@@ -1,7 +1,8 @@
 # cacs: coronary artery calcium scoring on non-gated chest CT (SPSS paper).
 # Thin wiring only: every step is a `cacs <subcommand>` (src/cacs/cli.py).
 # Stages, one file each, in workflow/rules/: acquire -> ingest -> split -> localize -> train
-# (predict, evaluate, report follow in later issues).
+# -> predict -> paper (evaluate + figures); `snakemake --report results/report.html` collects
+# every table and figure with its caption (workflow/report/).
 # Every config key: config/README.md.
 #
 # The default config file and the schema are found next to this Snakefile, so
@@ -22,6 +23,9 @@ configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -33,6 +37,8 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/localize.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/paper.smk"
 
 
 rule all:
@@ -45,3 +51,10 @@ rule all:
         f"{LOCALIZER}/containment.csv",
         f"{LOCALIZER}/dice.csv",
         expand(f"{MODELS}/{{experiment}}/model.pt", experiment=EXPERIMENTS),
+        f"{PAPER}/metrics.json",
+        expand(f"{PAPER}/{{figure}}.png", figure=FIGURES),
+
+
+onsuccess:
+    write_report(config)
+

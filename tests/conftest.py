@@ -7,6 +7,8 @@ pristine.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from cacs.ingest import IngestOptions, run_ingest
 from cacs.synth.cohort import SynthOptions, generate_cohort
 
 TINY_SEED = 7
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 @dataclass
@@ -72,3 +76,25 @@ def coca_copy(tiny_cohort, tmp_path) -> Path:
     dest = tmp_path / "coca"
     shutil.copytree(tiny_cohort.coca, dest)
     return dest
+
+
+def snakemake_tiny(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The repository's workflow on config/tiny.yaml, run from ``workdir`` as a user would."""
+    cmd = [
+        str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(REPO / "config" / "tiny.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class TinyRun:
+    workdir: Path
+    process: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One local run of the whole tiny pipeline, shared by the end-to-end and the SLURM tests."""
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    return TinyRun(workdir, snakemake_tiny(workdir))

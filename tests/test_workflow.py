@@ -7,28 +7,20 @@ second invocation has nothing left to do.
 
 from __future__ import annotations
 
+import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def _snakemake(workdir: Path, *args: str, timeout: int = 480) -> subprocess.CompletedProcess:
-    cmd = [
-        str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(REPO / "config" / "tiny.yaml"), "--cores", "2", *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+from cacs.io.nifti import read_volume
+from tests.conftest import REPO, SNAKEMAKE, TinyRun, snakemake_tiny
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path):
-    run = _snakemake(tmp_path)
+def test_tiny_pipeline_end_to_end(tiny_run: TinyRun):
+    run, tmp_path = tiny_run.process, tiny_run.workdir
     assert run.returncode == 0, run.stderr[-4000:]
     cases = pd.read_csv(tmp_path / "results" / "split" / "cases.csv", dtype={"source_id": str})
     assert set(cases.cohort) == {"gated", "nongated"}
@@ -61,12 +53,62 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert metrics.epoch.tolist() == [1, 2]
         assert metrics.val_mae_total.notna().all()
         assert (tmp_path / "results" / "models" / experiment / "model.pt").exists()
-    again = _snakemake(tmp_path, "--dry-run")
+    _check_paper_outputs(tmp_path)
+    _check_infer_equals_pipeline(tmp_path)
+    # The run wrote its HTML report itself (onsuccess), with every table and figure and its caption.
+    html = (tmp_path / "results" / "report.html").read_text(errors="replace")
+    for name in ("table1", "figure1_cac_examples", "figure7_confusion", "synthetic data"):
+        assert name in html
+    again = snakemake_tiny(tmp_path, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def _check_paper_outputs(run: Path) -> None:
+    """Predictions per experiment, metrics.json, tables and figures exist and agree."""
+    test_cases = pd.read_csv(run / "results" / "split" / "cases.csv").query("split == 'test'")
+    for experiment in ("spss", "spss_wo_ssl", "spss_ce", "convnet"):
+        pred = pd.read_csv(run / "results" / "predictions" / experiment / "predictions.csv", keep_default_na=False)
+        assert sorted(pred.case_id) == sorted(test_cases.case_id)
+        assert ((pred.label_map != "") == (experiment != "convnet")).all()
+    paper = run / "results" / "paper"
+    metrics = json.loads((paper / "metrics.json").read_text())
+    assert metrics["data_source"] == "synthetic"
+    assert set(metrics["experiments"]) == {"spss", "spss_wo_ssl", "spss_ce", "convnet"}
+    for stem in ("table1", "comparison", "kappa"):
+        for ext in (".csv", ".md", ".tex"):
+            assert (paper / f"{stem}{ext}").stat().st_size > 0
+    for figure in ("figure1_cac_examples", "figure3_convergence", "figure4_kappa", "figure5_segmentation",
+                   "figure6_bland_altman", "figure7_confusion"):  # fmt: skip
+        assert (paper / f"{figure}.pdf").read_bytes()[:4] == b"%PDF"
+        assert (paper / f"{figure}.png").stat().st_size > 10_000
+
+
+def _check_infer_equals_pipeline(run: Path) -> None:
+    """`cacs infer` on a scan's raw DICOM series gives the scores the pipeline predicted for it."""
+    pred = pd.read_csv(run / "results" / "predictions" / "spss" / "predictions.csv", keep_default_na=False)
+    cases = pd.read_csv(run / "results" / "split" / "cases.csv", dtype={"source_id": str}).set_index("case_id")
+    coca = run / "resources" / "synthetic-tiny" / "coca"
+    for cohort, folder in (("nongated", "deidentified_nongated"), ("gated", "Gated_release_final/patient")):
+        row = pred[pred.cohort == cohort].iloc[0]
+        scan = coca / folder / cases.loc[row.case_id, "source_id"]
+        out = run / "infer" / row.case_id
+        done = subprocess.run(
+            [str(SNAKEMAKE.with_name("cacs")), "infer", str(scan), "--config", str(REPO / "config" / "tiny.yaml"),
+             "--model", str(run / "results/models/spss/model.pt"),
+             "--localizer", str(run / "results/localizer/model.pt"), "--out-dir", str(out), "--json"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads(done.stdout)
+        for key in ("LM", "LCX", "LAD", "RCA", "total"):
+            assert record[key] == pytest.approx(row[f"pred_{key}"], abs=1e-4), (row.case_id, key)
+        image, geometry = read_volume(out / "image.nii.gz")
+        labels, label_geometry = read_volume(out / "labels.nii.gz")
+        assert labels.shape == image.shape and label_geometry == geometry  # opens over the scan
+
+
 def test_bad_config_key_stops_the_run_naming_it(tmp_path):
-    run = _snakemake(tmp_path, "--dry-run", "--config", "strickt=true")
+    run = snakemake_tiny(tmp_path, "--dry-run", "--config", "strickt=true")
     assert run.returncode != 0
     assert "strickt" in run.stdout + run.stderr

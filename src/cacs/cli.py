@@ -127,7 +127,7 @@ def _cmd_train_localizer(args: argparse.Namespace) -> int:
         augment=args.augment,
         device=args.device,
     )
-    train_localizer(Path(args.segthor_table), Path(args.out_dir), params)
+    train_localizer(Path(args.segthor_table), Path(args.out_dir), params, require_gpu=args.require_gpu)
     return 0
 
 
@@ -141,6 +141,7 @@ def _cmd_predict_heart(args: argparse.Namespace) -> int:
         Path(args.table),
         Plausibility(args.min_heart_ml, args.max_heart_ml),
         device=args.device,
+        require_gpu=args.require_gpu,
     )
     return 0
 
@@ -172,19 +173,39 @@ def _cmd_crop(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from cacs.devices import distributed_env
     from cacs.train import TrainConfig, train_experiment
 
-    torch.set_num_threads(max(1, args.threads))
+    env = distributed_env()
+    # --threads is the job's CPU budget (the rule's threads); torchrun's processes on this node share it.
+    torch.set_num_threads(max(1, args.threads // env.local_world_size))
+    if not env.is_main:  # one log, one progress bar: rank 0's (the others only warn)
+        logging.getLogger("cacs").setLevel(logging.WARNING)
     try:
         raw = json.loads(args.config_json)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
     train_experiment(args.experiment, Path(args.index), Path(args.out_dir), TrainConfig.from_dict(raw),
-                     _agatston_params(args))  # fmt: skip
+                     _agatston_params(args), require_gpu=args.require_gpu)  # fmt: skip
     return 0
 
 
 def _add_localize_parsers(sub) -> None:
+    def _add_device_options(p: argparse.ArgumentParser, section: str, note: str) -> None:
+        """--device and --require-gpu, mirroring config keys <section>.device and <section>.require_gpu."""
+        p.add_argument(
+            "--device",
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help=f"auto: the GPU the scheduler made visible (CUDA_VISIBLE_DEVICES), else the CPU "
+            f"with a warning ({note})",
+        )
+        p.add_argument(
+            "--require-gpu",
+            action="store_true",
+            help=f"fail when no GPU is visible instead of running on the CPU (config {section}.require_gpu)",
+        )
+
     p = sub.add_parser("train-localizer", help="train the 3D UNet heart localizer on SegTHOR (resumable)")
     p.add_argument("--segthor-table", required=True, help="segthor.csv from ingest")
     p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv, dice.csv go here")
@@ -198,7 +219,7 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of SegTHOR training cases")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device_options(p, "localizer", "single GPU: the localizer does not use several")
     p.set_defaults(func=_cmd_train_localizer)
 
     p = sub.add_parser("predict-heart", help="heart mask and bounding box (mm) for every COCA scan")
@@ -208,7 +229,7 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--table", required=True, help="all boxes as CSV")
     p.add_argument("--min-heart-ml", type=float, default=150.0, help="smaller predictions are implausible")
     p.add_argument("--max-heart-ml", type=float, default=1500.0, help="larger predictions are implausible")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device_options(p, "localizer", "single GPU")
     p.set_defaults(func=_cmd_predict_heart)
 
     p = sub.add_parser("crop", help="crop scans to heart box + margin and resample to the model grid")
@@ -232,7 +253,13 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--index", required=True, help="results/crops/index.csv")
     p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv go here")
     p.add_argument("--config-json", required=True, help="experiment + train settings as JSON (see config/README.md)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (shared by torchrun's processes)")
+    p.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help="fail when no GPU is visible instead of training on the CPU (config train.require_gpu); the device "
+        "is --config-json's 'device'; several GPUs: start this command with torchrun --nproc_per_node N -m cacs",
+    )
     _add_agatston_options(p)
     p.set_defaults(func=_cmd_train)
 

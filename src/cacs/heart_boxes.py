@@ -66,6 +66,37 @@ def judge_box(
     return ""
 
 
+def heart_box(
+    model,
+    params,
+    hu: np.ndarray,
+    geometry,
+    device,
+    limits: Plausibility,
+) -> dict:
+    """Heart volume, box in mm (``box_{lo,hi}_{x,y,z}``, NaN when empty) and plausibility of one scan.
+
+    Rounded as the box table stores it, so that ``cacs infer`` crops a scan
+    exactly as the pipeline does after its round trip through ``boxes.csv``.
+    """
+    mask, coarse = predict_heart(model, params, hu, geometry, device)
+    heart_ml = mask_volume_ml(mask, coarse)
+    lo = hi = None
+    if mask.any():
+        lo, hi = mask_bounding_box_mm(mask, coarse)
+    problem = judge_box(heart_ml, lo, hi, image_extent_mm(geometry, hu.shape), limits)
+    flat = {"heart_ml": round(heart_ml, 3), "plausible": not problem, "problem": problem}
+    for name, corner in (("lo", lo), ("hi", hi)):
+        for i, axis in enumerate("xyz"):
+            flat[f"box_{name}_{axis}"] = np.nan if corner is None else round(float(corner[i]), 4)
+    return flat
+
+
+def _corner(flat: dict, name: str) -> list[float] | None:
+    values = [flat[f"box_{name}_{axis}"] for axis in "xyz"]
+    return None if any(np.isnan(v) for v in values) else values
+
+
 def predict_boxes(
     cases_csv: Path,
     model_path: Path,
@@ -73,37 +104,32 @@ def predict_boxes(
     table_path: Path,
     limits: Plausibility,
     device: str = "auto",
+    require_gpu: bool = False,
 ) -> pd.DataFrame:
-    """One JSON per scan in ``out_dir`` and the collected table at ``table_path``."""
+    """One JSON per scan in ``out_dir`` and the collected table at ``table_path``.
+
+    ``require_gpu`` (config ``localizer.require_gpu``): fail rather than predict on the CPU.
+    """
     cases = pd.read_csv(cases_csv, dtype={"source_id": str}, keep_default_na=False)
-    dev = resolve_device(device)
+    dev = resolve_device(device, require_gpu, section="localizer")
     model, params = load_localizer(model_path, dev)
     rows = []
     for case in tqdm(cases.itertuples(index=False), total=len(cases), desc="predict heart", unit="scan"):
         hu, geometry = read_volume(case.image)
-        mask, coarse = predict_heart(model, params, hu, geometry, dev)
-        heart_ml = mask_volume_ml(mask, coarse)
-        lo = hi = None
-        if mask.any():
-            lo, hi = mask_bounding_box_mm(mask, coarse)
-        problem = judge_box(heart_ml, lo, hi, image_extent_mm(geometry, hu.shape), limits)
+        flat = heart_box(model, params, hu, geometry, dev, limits)
         record = {
             "case_id": case.case_id,
             "cohort": case.cohort,
-            "heart_ml": round(heart_ml, 3),
-            "box_lo_mm": None if lo is None else [round(float(v), 4) for v in lo],
-            "box_hi_mm": None if hi is None else [round(float(v), 4) for v in hi],
-            "plausible": not problem,
-            "problem": problem,
+            "heart_ml": flat["heart_ml"],
+            "box_lo_mm": _corner(flat, "lo"),
+            "box_hi_mm": _corner(flat, "hi"),
+            "plausible": flat["plausible"],
+            "problem": flat["problem"],
         }
         write_json(out_dir / f"{case.case_id}.json", record)
-        flat = {k: v for k, v in record.items() if not k.startswith("box_")}
-        for name, corner in (("lo", lo), ("hi", hi)):
-            for i, axis in enumerate("xyz"):
-                flat[f"box_{name}_{axis}"] = np.nan if corner is None else round(float(corner[i]), 4)
-        rows.append(flat)
-        if problem:
-            log.warning("%s: %s (the crop stage will use the fallback box)", case.case_id, problem)
+        rows.append({"case_id": case.case_id, "cohort": case.cohort, **flat})
+        if flat["problem"]:
+            log.warning("%s: %s (the crop stage will use the fallback box)", case.case_id, flat["problem"])
     table = pd.DataFrame(rows)
     write_csv(table_path, table)
     log.info("heart boxes: %d scans, %d implausible", len(table), int((~table.plausible).sum()) if len(table) else 0)

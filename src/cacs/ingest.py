@@ -57,7 +57,7 @@ class IngestOptions:
     agatston: AgatstonParams = field(default_factory=AgatstonParams)
 
 
-def _id_key(pid: str) -> tuple[int, str]:
+def id_sort_key(pid: str) -> tuple[int, str]:
     return (int(pid), pid) if pid.isdigit() else (1 << 62, pid)
 
 
@@ -80,7 +80,7 @@ def _geometry_columns(volume_shape: tuple[int, ...], spacing: tuple[float, float
 # ---------------------------------------------------------------- gated -----
 
 
-def _choose_series(
+def choose_series(
     groups: dict[str, list], rois: list[XmlRoi], qc: QCLog
 ) -> tuple[str, list]:
     """The series to use: most slices (then folder name), preferring one the ROIs map onto.
@@ -153,7 +153,7 @@ def ingest_gated_case(pid: str, root: Path, out_dir: Path, opts: IngestOptions) 
     folder = root / GATED_DIR / "patient" / pid
     xml = root / GATED_DIR / "calcium_xml" / f"{pid}.xml"
     try:
-        files = sorted(folder.glob("*/*.dcm")) + sorted(folder.glob("*.dcm"))
+        files = dicom_files(folder)
         if not files:
             raise CaseExcluded("no DICOM files in the patient folder", str(folder))
         rois: list[XmlRoi] = []
@@ -165,7 +165,7 @@ def ingest_gated_case(pid: str, root: Path, out_dir: Path, opts: IngestOptions) 
         slices = read_slices(files, qc)
         if not slices:
             raise CaseExcluded("no readable DICOM slices", str(folder))
-        series, chosen = _choose_series(group_series(slices), rois, qc)
+        series, chosen = choose_series(group_series(slices), rois, qc)
         volume = assemble(chosen, qc)
         labels = _labels_from_rois(rois, volume, xml, qc)
         scores = agatston_scores(volume.hu, labels, volume.geometry.spacing, opts.agatston)
@@ -195,11 +195,16 @@ def ingest_gated_case(pid: str, root: Path, out_dir: Path, opts: IngestOptions) 
     return row, qc.issues
 
 
-def _gated_ids(root: Path, cohort_qc: QCLog) -> list[str]:
+def dicom_files(folder: Path) -> list[Path]:
+    """A COCA patient folder's DICOM files: in its series sub-folders or (some releases) directly in it."""
+    return sorted(folder.glob("*/*.dcm")) + sorted(folder.glob("*.dcm"))
+
+
+def gated_ids(root: Path, cohort_qc: QCLog) -> list[str]:
     base = root / GATED_DIR
     if not (base / "patient").is_dir():
         raise FileNotFoundError(f"{base / 'patient'}: gated patient folder not found (is coca_root right?)")
-    pids = sorted((p.name for p in (base / "patient").iterdir() if p.is_dir()), key=_id_key)
+    pids = sorted((p.name for p in (base / "patient").iterdir() if p.is_dir()), key=id_sort_key)
     xml_dir = base / "calcium_xml"
     for xml in sorted(xml_dir.glob("*.xml")) if xml_dir.is_dir() else []:
         if xml.stem not in pids:
@@ -221,13 +226,13 @@ def ingest_nongated_case(
     try:
         if sheet_row is None:
             raise CaseExcluded("no reference score row ('<id>A') in scores.xlsx", str(folder))
-        files = sorted(folder.glob("*/*.dcm")) + sorted(folder.glob("*.dcm"))
+        files = dicom_files(folder)
         if not files:
             raise CaseExcluded("no DICOM files in the patient folder", str(folder))
         slices = read_slices(files, qc)
         if not slices:
             raise CaseExcluded("no readable DICOM slices", str(folder))
-        series, chosen = _choose_series(group_series(slices), [], qc)
+        series, chosen = choose_series(group_series(slices), [], qc)
         volume = assemble(chosen, qc)
         image_path = out_dir / f"{case_id}.nii.gz"
         write_volume(image_path, volume.hu, volume.geometry)
@@ -260,17 +265,17 @@ def ingest_nongated_case(
     return row, qc.issues
 
 
-def _nongated_ids(root: Path) -> list[str]:
+def nongated_ids(root: Path) -> list[str]:
     base = root / NONGATED_DIR
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: non-gated folder not found (is coca_root right?)")
-    return sorted((p.name for p in base.iterdir() if p.is_dir()), key=_id_key)
+    return sorted((p.name for p in base.iterdir() if p.is_dir()), key=id_sort_key)
 
 
 # ---------------------------------------------------------------- SegTHOR ---
 
 
-def _find(folder: Path, pattern: re.Pattern[str]) -> Path | None:
+def find_file(folder: Path, pattern: re.Pattern[str]) -> Path | None:
     hits = sorted(p for p in folder.iterdir() if p.is_file() and pattern.fullmatch(p.name))
     return hits[0] if hits else None
 
@@ -284,14 +289,14 @@ def ingest_segthor_case(
     try:
         if split == "train":
             folder = root / "train" / name
-            image_file = _find(folder, re.compile(re.escape(name) + nii, re.IGNORECASE))
-            gt_file = _find(folder, re.compile("gt" + nii, re.IGNORECASE))
+            image_file = find_file(folder, re.compile(re.escape(name) + nii, re.IGNORECASE))
+            gt_file = find_file(folder, re.compile("gt" + nii, re.IGNORECASE))
             if image_file is None:
                 raise CaseExcluded(f"no {name}.nii.gz image in the case folder", str(folder))
             if gt_file is None:
                 raise CaseExcluded("no GT.nii.gz (any case) in the case folder", str(folder))
         else:
-            image_file = _find(root / "test", re.compile(re.escape(name) + nii, re.IGNORECASE))
+            image_file = find_file(root / "test", re.compile(re.escape(name) + nii, re.IGNORECASE))
             gt_file = None
             if image_file is None:
                 raise CaseExcluded("image not found", str(root / "test"))
@@ -342,7 +347,7 @@ def ingest_segthor_case(
     return row, qc.issues
 
 
-def _segthor_cases(root: Path) -> list[tuple[str, str]]:
+def segthor_cases(root: Path) -> list[tuple[str, str]]:
     if not (root / "train").is_dir():
         raise FileNotFoundError(f"{root / 'train'}: SegTHOR training folder not found (is segthor_root right?)")
     cases = [(p.name, "train") for p in sorted((root / "train").iterdir()) if p.is_dir()]
@@ -362,15 +367,15 @@ def run_ingest(cohort: str, root: Path, out_dir: Path, table: Path, qc_path: Pat
     cohort_qc = QCLog("", cohort)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cohort == "gated":
-        pids = _gated_ids(root, cohort_qc)
+        pids = gated_ids(root, cohort_qc)
         results = run_cases(
             ingest_gated_case, [(pid, root, out_dir, opts) for pid in pids], opts.workers, "ingest gated"
         )
         columns = CASE_COLUMNS
     elif cohort == "nongated":
-        pids = _nongated_ids(root)
+        pids = nongated_ids(root)
         sheet = read_score_sheet(root / NONGATED_DIR / "scores.xlsx", cohort_qc)
-        for pid in sorted(set(sheet) - set(pids), key=_id_key):
+        for pid in sorted(set(sheet) - set(pids), key=id_sort_key):
             cohort_qc.add(
                 f"score row {pid}A has no image folder",
                 "row ignored",
@@ -382,7 +387,7 @@ def run_ingest(cohort: str, root: Path, out_dir: Path, table: Path, qc_path: Pat
         results = run_cases(ingest_nongated_case, jobs, opts.workers, "ingest non-gated")
         columns = CASE_COLUMNS
     elif cohort == "segthor":
-        jobs = [(name, split, root, out_dir, opts) for name, split in _segthor_cases(root)]
+        jobs = [(name, split, root, out_dir, opts) for name, split in segthor_cases(root)]
         results = run_cases(ingest_segthor_case, jobs, opts.workers, "ingest SegTHOR")
         columns = SEGTHOR_COLUMNS
     else:

@@ -49,6 +49,7 @@ from monai.transforms import (
 from scipy import ndimage
 from tqdm import tqdm
 
+from cacs.devices import resolve_device  # also re-exported: `from cacs.localizer import resolve_device`
 from cacs.io.atomic import write_csv, write_torch
 from cacs.io.nifti import Geometry, index_box_extent_mm, read_volume
 
@@ -252,24 +253,6 @@ def build_unet(params: LocalizerParams) -> UNet:
         strides=(2,) * (len(params.channels) - 1),
         num_res_units=2,
     )
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present (warning on CPU fallback); ``cuda`` without CUDA is an error, not a slow run."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        raise RuntimeError(
-            "localizer.device is 'cuda' but torch sees no CUDA device "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-            "install the CUDA build of torch or set localizer.device to 'auto' or 'cpu'"
-        )
-    log.warning("no CUDA device available: training/inference of the heart localizer runs on the CPU")
-    return torch.device("cpu")
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -561,7 +544,11 @@ def _validate(model: torch.nn.Module, cases: list[_Case], params: LocalizerParam
 
 
 def train_localizer(
-    segthor_csv: str | Path, out_dir: str | Path, params: LocalizerParams | None = None, progress: bool = True
+    segthor_csv: str | Path,
+    out_dir: str | Path,
+    params: LocalizerParams | None = None,
+    progress: bool = True,
+    require_gpu: bool = False,
 ) -> pd.DataFrame:
     """Train (or resume training of) the heart localiser on the SegTHOR training split.
 
@@ -571,11 +558,13 @@ def train_localizer(
     largest-component step, plus the coarse-grid Dice and volumes).  Returns
     the per-epoch metrics.  A checkpoint whose parameters (other than
     ``epochs`` and ``device``) or cases differ is discarded with a warning: continuing it
-    would mix two configurations.
+    would mix two configurations.  ``require_gpu`` (config ``localizer.require_gpu``)
+    makes a job without a visible GPU fail instead of training on the CPU.
     """
     params = params or LocalizerParams()
     segthor_csv, out_dir = Path(segthor_csv), Path(out_dir)
-    device = resolve_device(params.device)
+    # One GPU at most: 40 SegTHOR training volumes on a coarse (4 mm) grid do not need DDP.
+    device = resolve_device(params.device, require_gpu, section="localizer")
     table = pd.read_csv(segthor_csv, dtype={"case_id": str})
     train_rows = table[table["split"] == "train"]
     if train_rows.empty:

@@ -4,21 +4,27 @@
 import json
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
-# Rules call the `cacs` CLI. `make run` starts .venv/bin/snakemake without
-# activating the venv, so its bin folder (where `cacs` is) may be missing from
-# PATH: append it. Appended, not prepended, so that an activated environment
-# (or a conda env snakemake activates per rule) still wins. Declared as an
-# envvar so that remote executors receive the amended PATH too.
+# Rules call `cacs ...` and find it in workflow/bin/: a launcher that runs this
+# checkout's src/ with the first `python` on PATH. With --use-conda / --sdm conda
+# that is the rule's environment (envs/*.yaml: pinned third-party packages only);
+# without conda it is the interpreter running snakemake (the project's venv, which
+# `make run` starts without activating it). PYTHONPATH carries src/ too, for
+# `python -m cacs` (torchrun). Both are declared envvars so that remote
+# executors (SLURM) hand them to every job.
+_REPO = Path(workflow.basedir)
+os.environ["PATH"] = os.pathsep.join(
+    p for p in (str(_REPO / "workflow" / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")) if p
+)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+
+
 envvars:
     "PATH",
+    "PYTHONPATH",
 
-
-if shutil.which("cacs") is None:
-    os.environ["PATH"] = os.pathsep.join(p for p in (os.environ.get("PATH", ""), str(Path(sys.executable).parent)) if p)
 
 SYNTHETIC = config["data"]["source"] == "synthetic"
 COCA_ROOT = config["data"]["coca_root"]
@@ -31,6 +37,21 @@ LOCALIZER = "results/localizer"
 CROPS = "results/crops"
 MODELS = "results/models"
 EXPERIMENTS = sorted(config["experiments"])
+PREDICTIONS = "results/predictions"
+PAPER = "results/paper"
+FIGURES = (
+    "figure1_cac_examples",
+    "figure3_convergence",
+    "figure4_kappa",
+    "figure5_segmentation",
+    "figure6_bland_altman",
+    "figure7_confusion",
+)
+# Figure 3 compares the local-sampled loss (spss) with plain cross-entropy
+# (spss_ce); with other experiment names, every SPSS-type one is drawn.
+CONVERGENCE_EXPERIMENTS = [e for e in ("spss", "spss_ce") if e in EXPERIMENTS] or [
+    e for e in EXPERIMENTS if config["experiments"][e]["model"] == "spss"
+]
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 # Conda environment per group of rules (conda: directives; paths relative to this
@@ -109,6 +130,8 @@ def localizer_flags(cfg):
     ]
     if not loc["augment"]:
         flags.append("--no-augment")
+    if loc.get("require_gpu", False):
+        flags.append("--require-gpu")
     return " ".join(flags)
 
 
@@ -127,8 +150,71 @@ def crop_flags(cfg):
 
 
 def experiment_json(cfg, name):
-    """`cacs train --config-json`: the experiment's model and loss plus the train section."""
+    """`cacs train --config-json`: the experiment's model and loss plus the train section.
+
+    Job settings are not part of the model's configuration: gpus (train_launcher),
+    threads (--threads) and require_gpu (require_gpu_flag) travel separately.
+    """
     exp = cfg["experiments"][name]
-    train = {k: v for k, v in cfg["train"].items() if k not in ("gpus", "threads")}
+    train = {k: v for k, v in cfg["train"].items() if k not in ("gpus", "threads", "require_gpu")}
     payload = {**train, "model": exp["model"], "model_config": cfg["models"][exp["model"]], "loss": exp.get("loss", {})}
     return json.dumps(payload, sort_keys=True)
+
+
+def figure_curves(cfg):
+    """`cacs figures --curves`: NAME=metrics.csv of the experiments Figure 3 compares."""
+    return " ".join(f"{e}={MODELS}/{e}/metrics.csv" for e in CONVERGENCE_EXPERIMENTS)
+
+
+def paper_outputs():
+    """Every file of results/paper/ that the report shows."""
+    tables = [f"{PAPER}/{t}{ext}" for t in ("table1", "comparison", "kappa") for ext in (".csv", ".md", ".tex")]
+    figures = [f"{PAPER}/{f}{ext}" for f in FIGURES for ext in (".png", ".pdf")]
+    return [f"{PAPER}/metrics.json", *tables, *figures]
+
+
+def write_report(cfg):
+    """After a successful run: `snakemake --report` into evaluate.report, if the paper outputs exist.
+
+    The report needs the run's metadata, so it can only be made after the
+    jobs finished (hence onsuccess). The nested call gets this run's
+    effective config as a file, so --config overrides carry over; --nolock
+    because this run still holds the working directory's lock.
+    """
+    import subprocess
+
+    target = cfg["evaluate"]["report"]
+    if not target or not all(os.path.exists(p) for p in paper_outputs()):
+        return
+    frozen = Path(".snakemake") / "report-config.yaml"
+    frozen.parent.mkdir(exist_ok=True)
+    frozen.write_text(json.dumps(cfg))  # JSON is YAML
+    cmd = [sys.executable, "-m", "snakemake", "-s", workflow.main_snakefile, "--configfile", str(frozen),
+           "--report", target, "--nolock", "--quiet", "all"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"snakemake --report {target} failed:\n{done.stderr[-3000:]}")
+    print(f"report: {target}", file=sys.stderr)
+
+
+def require_gpu_flag(section):
+    """`--require-gpu` when the config section (train, localizer) sets require_gpu."""
+    return "--require-gpu" if section.get("require_gpu", False) else ""
+
+
+def train_launcher(cfg):
+    """The train_model command's launcher; `cacs` for 0-1 GPU, `torchrun` (one DDP process per GPU) for more.
+
+    --standalone gives every job its own rendezvous on a free port, so several
+    training jobs on one node do not collide; `-m cacs` is the `cacs` CLI.
+    """
+    gpus, batch = int(cfg["train"]["gpus"]), int(cfg["train"]["batch_size"])
+    if gpus > 1 and batch % (2 * gpus):
+        # Fail at planning time, not after the job waited for its GPUs (cacs train checks it too).
+        raise ValueError(
+            f"config key 'train': batch_size {batch} cannot be shared by {gpus} GPUs; every GPU needs as many "
+            f"gated as non-gated scans, so batch_size must be a multiple of 2 x gpus = {2 * gpus}"
+        )
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m cacs"
+    return "cacs"

@@ -4,7 +4,9 @@
 
 rule ingest_gated:
     input:
-        root=COCA_ROOT,
+        # Requested once checkpoint verify_layout has passed (real data may not exist when the DAG is built).
+        root=lambda wc: checkpoints.verify_layout.get() and COCA_ROOT,
+        layout=ancient(LAYOUT_REPORT),
     output:
         table=f"{INGEST}/gated.csv",
         qc=f"{INGEST}/qc_gated.csv",
@@ -28,7 +30,9 @@ rule ingest_gated:
 
 rule ingest_nongated:
     input:
-        root=COCA_ROOT,
+        # Requested once checkpoint verify_layout has passed (real data may not exist when the DAG is built).
+        root=lambda wc: checkpoints.verify_layout.get() and COCA_ROOT,
+        layout=ancient(LAYOUT_REPORT),
     output:
         table=f"{INGEST}/nongated.csv",
         qc=f"{INGEST}/qc_nongated.csv",
@@ -51,7 +55,9 @@ rule ingest_nongated:
 
 rule ingest_segthor:
     input:
-        root=SEGTHOR_ROOT,
+        # Requested once checkpoint verify_layout has passed (real data may not exist when the DAG is built).
+        root=lambda wc: checkpoints.verify_layout.get() and SEGTHOR_ROOT,
+        layout=ancient(LAYOUT_REPORT),
     output:
         table=f"{INGEST}/segthor.csv",
         qc=f"{INGEST}/qc_segthor.csv",

@@ -1,6 +1,6 @@
 # Stage "localize" (paper section 3.2): a 3D UNet heart localizer trained on
 # SegTHOR, a heart box per COCA scan, and the crops (box + 16 mm axial) on the
-# model grid that training reads.
+# model grid that training reads.  One GPU at most: localizer.gpus > 1 is not used.
 
 
 rule train_localizer:
@@ -37,6 +37,7 @@ rule predict_heart:
         min_ml=config["localizer"]["min_heart_ml"],
         max_ml=config["localizer"]["max_heart_ml"],
         device=config["localizer"]["device"],
+        require_gpu=require_gpu_flag(config["localizer"]),
     resources:
         gpu=config["localizer"]["gpus"],
     log:
@@ -48,7 +49,7 @@ rule predict_heart:
     shell:
         "cacs predict-heart --cases {input.cases} --model {input.model}"
         " --out-dir {output.boxes} --table {output.table}"
-        " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device}"
+        " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device} {params.require_gpu}"
         " > {log} 2>&1"
 
 

@@ -1,6 +1,7 @@
 # Stage "train" (paper sections 3.3-3.5, 4.1): one job per experiment of the
 # config (SPSS, its ablations, the ConvNet baseline), each rerunnable alone:
 #   snakemake results/models/spss_ce/model.pt
+# train.gpus > 1 starts one DDP process per GPU through torchrun (train_launcher).
 
 
 rule train_model:
@@ -15,6 +16,8 @@ rule train_model:
         cfg=lambda w: experiment_json(config, w.experiment),
         out_dir=lambda w, output: os.path.dirname(output.model),
         agatston=agatston_flags(config),
+        launcher=train_launcher(config),
+        require_gpu=require_gpu_flag(config["train"]),
     threads: config["train"]["threads"]
     resources:
         gpu=config["train"]["gpus"],
@@ -25,6 +28,6 @@ rule train_model:
     conda:
         TORCH_ENV
     shell:
-        "cacs train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
-        " --config-json '{params.cfg}' --threads {threads} {params.agatston}"
+        "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
+        " --config-json '{params.cfg}' --threads {threads} {params.agatston} {params.require_gpu}"
         " > {log} 2>&1"

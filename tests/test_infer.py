@@ -1,0 +1,100 @@
+"""`cacs infer` input handling: clear errors for what is not a CT, option precedence.
+
+That a scan scored by `cacs infer` gets the pipeline's scores is checked in
+the end-to-end test (tests/test_workflow.py), where trained models exist.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cacs.cli import build_parser, main
+from cacs.cli_evaluate import infer_settings
+from cacs.infer import dicom_to_nifti, infer_scan, scan_name
+from cacs.io.nifti import Geometry, read_volume, write_volume
+
+NONGATED = "deidentified_nongated"
+
+
+def _nongated_folder(coca: Path) -> Path:
+    return sorted(p for p in (coca / NONGATED).iterdir() if p.is_dir())[0]
+
+
+def _infer(scan: Path, tmp_path: Path):
+    return infer_scan(scan, tmp_path / "model.pt", tmp_path / "localizer.pt", tmp_path / "out")
+
+
+def test_dicom_series_becomes_the_ingested_volume(tiny_cohort, tiny_ingested, tmp_path):
+    folder = _nongated_folder(tiny_cohort.coca)
+    dicom_to_nifti(folder, tmp_path / "scan.nii.gz")
+    ours, geometry = read_volume(tmp_path / "scan.nii.gz")
+    table = tiny_ingested.tables["nongated"].set_index("source_id")
+    ingested, ingested_geometry = read_volume(table.loc[folder.name, "image"])
+    assert np.array_equal(ours, ingested) and geometry == ingested_geometry
+
+
+def test_missing_and_empty_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _infer(tmp_path / "nowhere", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty folder"):
+        _infer(tmp_path / "empty", tmp_path)
+
+
+def test_folder_without_dicom_is_refused(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"photos: no readable CT DICOM file among 1 file"):
+        _infer(folder, tmp_path)
+
+
+def test_non_ct_series_is_refused_naming_the_modality(tiny_cohort, tmp_path):
+    folder = tmp_path / "mr"
+    shutil.copytree(_nongated_folder(tiny_cohort.coca), folder)
+    for path in folder.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(path)
+    with pytest.raises(ValueError, match="Modality 'MR'"):
+        _infer(folder, tmp_path)
+
+
+def test_volume_not_in_hounsfield_units_is_refused(tmp_path):
+    path = tmp_path / "uint8.nii.gz"
+    write_volume(path, np.full((4, 8, 8), 128, np.uint8), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    with pytest.raises(ValueError, match="does not look like a CT in Hounsfield units"):
+        _infer(path, tmp_path)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ValueError, match="cannot read image"):
+        _infer(broken, tmp_path)
+
+
+def test_cli_reports_one_line_and_exit_code_2(tmp_path, caplog):
+    code = main(["infer", str(tmp_path / "none"), "--model", "m.pt", "--localizer", "l.pt", "--out-dir", str(tmp_path)])
+    assert code == 2
+    assert "none: no such file or folder" in caplog.text
+
+
+def test_options_command_line_over_config_over_defaults(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("crop: {model_size: [80, 80, 48], margin_xy_mm: 10}\nagatston: {threshold_hu: 120}\n")
+    parse = build_parser().parse_args
+    base = ["infer", "scan", "--model", "m", "--localizer", "l", "--out-dir", "o"]
+    assert infer_settings(parse(base))["model_size"] == (128, 128, 48)
+    v = infer_settings(parse([*base, "--config", str(cfg)]))
+    assert v["model_size"] == [80, 80, 48] and v["margin_xy_mm"] == 10 and v["threshold_hu"] == 120
+    assert v["model_spacing_mm"] == (1.5, 1.5, 3.0)  # not in the file: the built-in default
+    v = infer_settings(parse([*base, "--config", str(cfg), "--model-size", "64", "64", "24", "--threshold-hu", "130"]))
+    assert v["model_size"] == [64, 64, 24] and v["threshold_hu"] == 130
+
+
+def test_scan_names_are_file_safe():
+    assert scan_name(Path("/x/patient 12.nii.gz")) == "patient_12"
+    assert scan_name(Path("/x/0042")) == "0042"

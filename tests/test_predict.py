@@ -1,0 +1,125 @@
+"""Prediction: label maps on the crop grid, clinical scores from them, the table contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import cacs.predict as predict_module
+from cacs import ARTERIES, SCORE_COLUMNS
+from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.cvd import cvd_rank
+from cacs.io.nifti import read_volume
+from cacs.models import build_model
+from cacs.models.spss import SPSSNet, SPSSOutput
+from cacs.predict import PREDICTION_COLUMNS, TrainedModel, load_trained, predict_experiment, predict_volume
+from cacs.train import HU_SCALE
+from tests.test_train import TINY_MODELS, tiny_crops  # noqa: F401  (fixture)
+
+
+def _save_model(path: Path, kind: str, experiment: str) -> Path:
+    torch.manual_seed(0)
+    net = build_model(kind, TINY_MODELS[kind])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"state_dict": net.state_dict(), "experiment": experiment,
+         "config": {"model": kind, "model_config": TINY_MODELS[kind], "amp": True}},
+        path,
+    )  # fmt: skip
+    return path
+
+
+class ThresholdOracle(nn.Module):
+    """Calls every voxel >= 130 HU calcium of one artery: a model whose answer we can compute."""
+
+    def __init__(self, artery_label: int) -> None:
+        super().__init__()
+        self.artery = artery_label
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> SPSSOutput:
+        calcium = (x[:, 0] * HU_SCALE >= 130).float()
+        cac = torch.stack([1 - calcium, calcium], dim=1) * 10
+        art = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        art[:, self.artery - 1] = 10
+        return SPSSOutput(cac, art)
+
+    predict_labels = staticmethod(SPSSNet.predict_labels)
+
+
+def _oracle(label: int) -> TrainedModel:
+    return TrainedModel("oracle", "spss", ThresholdOracle(label).eval(), torch.device("cpu"), amp=False)
+
+
+def test_label_map_becomes_clinical_scores_per_artery():
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0, 20, (6, 24, 24)).astype(np.float32)
+    hu[2, 5:8, 5:8] = 400  # one lesion, 9 voxels of 1 mm^2 -> weight 4
+    hu[4, 10:12, 10:13] = 180  # another, 6 voxels -> weight 1
+    scores, labels = predict_volume(_oracle(3), hu, (1.0, 1.0, 3.0), AgatstonParams())
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 3}
+    assert scores["LAD"] == pytest.approx(9 * 4 + 6 * 1)
+    assert scores["total"] == scores["LAD"] and scores["LM"] == scores["LCX"] == scores["RCA"] == 0
+
+
+def test_predict_experiment_writes_the_contract(tiny_crops, tmp_path):  # noqa: F811
+    model = _save_model(tmp_path / "spss" / "model.pt", "spss", "spss")
+    table = predict_experiment(model, Path(tiny_crops), tmp_path / "labels", tmp_path / "pred.csv", AgatstonParams(),
+                               device="cpu")  # fmt: skip
+    index = pd.read_csv(tiny_crops, keep_default_na=False)
+    assert list(pd.read_csv(tmp_path / "pred.csv").columns) == list(PREDICTION_COLUMNS)
+    assert sorted(table.case_id) == sorted(index[index.split == "test"].case_id)
+    assert set(table.cohort) == {"gated", "nongated"}
+    for row in table.itertuples():
+        hu, geo = read_volume(row.image)
+        labels, lgeo = read_volume(row.label_map)
+        assert labels.shape == hu.shape and lgeo == geo  # the label map lies on the crop grid
+        rescored = agatston_scores(hu, labels, geo.spacing, AgatstonParams())
+        assert [getattr(row, f"pred_{k}") for k in SCORE_COLUMNS] == pytest.approx([rescored[k] for k in SCORE_COLUMNS])
+        assert row.pred_rank == cvd_rank(row.pred_total) and row.ref_rank == cvd_rank(row.ref_total)
+        ref = index.set_index("case_id").loc[row.case_id]
+        assert row.ref_total == pytest.approx(ref.total)
+        assert (row.ref_labels != "") == (row.cohort == "gated")
+        if row.cohort == "gated":  # the reference mask scored on the model grid
+            ref_labels, _ = read_volume(row.ref_labels)
+            assert row.ref_grid_total == pytest.approx(agatston_scores(hu, ref_labels, geo.spacing)["total"])
+
+
+def test_oracle_predictions_equal_the_threshold_score(tiny_crops, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(predict_module, "load_trained", lambda *a, **k: _oracle(4))
+    table = predict_experiment(Path("unused"), Path(tiny_crops), tmp_path / "l", tmp_path / "p.csv", AgatstonParams())
+    for row in table.itertuples():
+        hu, geo = read_volume(row.image)
+        expected = agatston_scores(hu, (hu >= 130).astype(np.uint8) * 4, geo.spacing)["total"]
+        assert row.pred_RCA == pytest.approx(expected) and row.pred_total == pytest.approx(expected)
+
+
+def test_convnet_scores_directly_without_a_map(tiny_crops, tmp_path):  # noqa: F811
+    model = _save_model(tmp_path / "convnet" / "model.pt", "convnet", "convnet")
+    table = predict_experiment(model, Path(tiny_crops), tmp_path / "labels", tmp_path / "pred.csv", AgatstonParams(),
+                               device="cpu")  # fmt: skip
+    assert (table.label_map == "").all() and (table.model == "convnet").all()
+    per_artery = table[[f"pred_{a}" for a in ARTERIES]].sum(axis=1)
+    assert np.allclose(per_artery, table.pred_total) and (table.pred_total >= 0).all()
+
+
+def test_bad_model_files_are_named(tmp_path, tiny_crops):  # noqa: F811
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        load_trained(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_trained(junk)
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "epoch": 3}, ckpt)
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_trained(ckpt)
+    model = _save_model(tmp_path / "m.pt", "spss", "spss")
+    with pytest.raises(ValueError, match="no scans in split 'holdout'"):
+        predict_experiment(model, Path(tiny_crops), tmp_path / "l", tmp_path / "p.csv", AgatstonParams(),
+                           split="holdout")  # fmt: skip

@@ -1,0 +1,73 @@
+# Stage "evaluate" (paper section 4.2): statistics, Table 1 and Figures 1, 3-7
+# in results/paper/, each marked for `snakemake --report results/report.html`
+# with a caption (workflow/report/) that says on which data it was made.
+# Regenerating only the paper outputs: snakemake results/paper/metrics.json
+
+
+rule evaluate:
+    input:
+        predictions=expand(f"{PREDICTIONS}/{{experiment}}/predictions.csv", experiment=EXPERIMENTS),
+    output:
+        metrics=report(f"{PAPER}/metrics.json", caption="../report/metrics.rst", category="Statistics"),
+        table1=report(
+            multiext(f"{PAPER}/table1", ".csv", ".md", ".tex"),
+            caption="../report/table1.rst",
+            category="Tables",
+        ),
+        comparison=report(
+            multiext(f"{PAPER}/comparison", ".csv", ".md", ".tex"),
+            caption="../report/comparison.rst",
+            category="Tables",
+        ),
+        kappa=report(
+            multiext(f"{PAPER}/kappa", ".csv", ".md", ".tex"),
+            caption="../report/kappa.rst",
+            category="Tables",
+        ),
+    params:
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
+        n_bootstrap=config["evaluate"]["n_bootstrap"],
+        seed=config["evaluate"]["seed"],
+        source=config["data"]["source"],
+    log:
+        f"{LOGS}/evaluate.log",
+    benchmark:
+        f"{BENCH}/evaluate.tsv"
+    conda:
+        PLOT_ENV
+    shell:
+        "cacs evaluate --predictions {input.predictions} --out-dir {params.out_dir}"
+        " --n-bootstrap {params.n_bootstrap} --seed {params.seed} --data-source {params.source}"
+        " > {log} 2>&1"
+
+
+rule figures:
+    input:
+        predictions=expand(f"{PREDICTIONS}/{{experiment}}/predictions.csv", experiment=EXPERIMENTS),
+        metrics=f"{PAPER}/metrics.json",
+        curves=expand(f"{MODELS}/{{experiment}}/metrics.csv", experiment=CONVERGENCE_EXPERIMENTS),
+    output:
+        **{
+            name: report(
+                multiext(f"{PAPER}/{name}", ".png", ".pdf"),
+                caption=f"../report/{name}.rst",
+                category="Figures",
+            )
+            for name in FIGURES
+        },
+    params:
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+        curves=figure_curves(config),
+        n_examples=config["evaluate"]["n_examples"],
+        source=config["data"]["source"],
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{BENCH}/figures.tsv"
+    conda:
+        PLOT_ENV
+    shell:
+        "cacs figures --predictions {input.predictions} --metrics {input.metrics}"
+        " --curves {params.curves} --out-dir {params.out_dir}"
+        " --n-examples {params.n_examples} --data-source {params.source}"
+        " > {log} 2>&1"

@@ -1,0 +1,33 @@
+# Stage "predict" (paper section 4.2): every test scan through one trained
+# experiment; label maps on the crop grid and clinical Agatston per artery
+# (the ConvNet regresses its scores directly). One job per experiment:
+#   snakemake results/predictions/spss_ce/predictions.csv
+
+
+rule predict_model:
+    input:
+        model=f"{MODELS}/{{experiment}}/model.pt",
+        index=f"{CROPS}/index.csv",
+    output:
+        table=f"{PREDICTIONS}/{{experiment}}/predictions.csv",
+        labels=directory(f"{PREDICTIONS}/{{experiment}}/labels"),
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    params:
+        device=config["train"]["device"],
+        require_gpu=require_gpu_flag(config["train"]),
+        agatston=agatston_flags(config),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=min(config["train"]["gpus"], 1),
+    log:
+        f"{LOGS}/predict_model/{{experiment}}.log",
+    benchmark:
+        f"{BENCH}/predict_model/{{experiment}}.tsv"
+    conda:
+        TORCH_ENV
+    shell:
+        "cacs predict --model {input.model} --index {input.index}"
+        " --labels-dir {output.labels} --table {output.table}"
+        " --device {params.device} {params.require_gpu} --threads {threads} {params.agatston}"
+        " > {log} 2>&1"
