@@ -23,7 +23,14 @@ import pandas as pd
 from cacs import SCORE_COLUMNS
 from cacs.cvd import cvd_rank
 
-SIZES = {"default_run_80x80x48": ((48, 80, 80), (8, 16, 32, 64)), "full_128x128x48": ((48, 128, 128), None)}
+# name -> (crop shape z, y, x; model configs): the default run's scaled-down models (config/config.yaml)
+# and the full defaults (config/coca.yaml's models, meant for a GPU).
+SIZES = {
+    "default_run_80x80x48": ((48, 80, 80), {"spss": {"channels": [8, 16, 32, 64], "feature_width": 8,
+                                                     "small_width": 8, "large_width": 16},
+                                            "convnet": {"channels": [8, 16, 32, 64, 128]}}),
+    "full_128x128x48": ((48, 128, 128), {"spss": {}, "convnet": {}}),
+}  # fmt: skip
 
 
 def _predict_timings(repeats: int = 5) -> dict:
@@ -36,12 +43,11 @@ def _predict_timings(repeats: int = 5) -> dict:
     torch.set_num_threads(2)
     out = {}
     rng = np.random.default_rng(0)
-    for name, (shape, channels) in SIZES.items():
+    for name, (shape, configs) in SIZES.items():
         hu = rng.normal(40, 20, shape).astype(np.float32)
         hu[20:23, 30:34, 30:34] = 450
         for kind in ("spss", "convnet"):
-            cfg = {} if channels is None else ({"channels": list(channels)} if kind == "spss" else {})
-            model = TrainedModel(kind, kind, build_model(kind, cfg).eval(), torch.device("cpu"), amp=False)
+            model = TrainedModel(kind, kind, build_model(kind, configs[kind]).eval(), torch.device("cpu"), amp=False)
             predict_volume(model, hu, (1.5, 1.5, 3.0), AgatstonParams())  # warm-up
             times = []
             for _ in range(repeats):

@@ -190,22 +190,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_localize_parsers(sub) -> None:
-    def _add_device_options(p: argparse.ArgumentParser, section: str, note: str) -> None:
-        """--device and --require-gpu, mirroring config keys <section>.device and <section>.require_gpu."""
-        p.add_argument(
-            "--device",
-            choices=("auto", "cpu", "cuda"),
-            default="auto",
-            help=f"auto: the GPU the scheduler made visible (CUDA_VISIBLE_DEVICES), else the CPU "
-            f"with a warning ({note})",
-        )
-        p.add_argument(
-            "--require-gpu",
-            action="store_true",
-            help=f"fail when no GPU is visible instead of running on the CPU (config {section}.require_gpu)",
-        )
+def add_device_options(p: argparse.ArgumentParser, section: str, note: str) -> None:
+    """--device and --require-gpu, mirroring config keys <section>.device and <section>.require_gpu."""
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help=f"auto: the GPU the scheduler made visible (CUDA_VISIBLE_DEVICES), else the CPU "
+        f"with a warning ({note})",
+    )
+    p.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help=f"fail when no GPU is visible instead of running on the CPU (config {section}.require_gpu)",
+    )
 
+
+def _add_localize_parsers(sub) -> None:
     p = sub.add_parser("train-localizer", help="train the 3D UNet heart localizer on SegTHOR (resumable)")
     p.add_argument("--segthor-table", required=True, help="segthor.csv from ingest")
     p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv, dice.csv go here")
@@ -219,7 +220,7 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of SegTHOR training cases")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    _add_device_options(p, "localizer", "single GPU: the localizer does not use several")
+    add_device_options(p, "localizer", "single GPU: the localizer does not use several")
     p.set_defaults(func=_cmd_train_localizer)
 
     p = sub.add_parser("predict-heart", help="heart mask and bounding box (mm) for every COCA scan")
@@ -229,7 +230,7 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--table", required=True, help="all boxes as CSV")
     p.add_argument("--min-heart-ml", type=float, default=150.0, help="smaller predictions are implausible")
     p.add_argument("--max-heart-ml", type=float, default=1500.0, help="larger predictions are implausible")
-    _add_device_options(p, "localizer", "single GPU")
+    add_device_options(p, "localizer", "single GPU")
     p.set_defaults(func=_cmd_predict_heart)
 
     p = sub.add_parser("crop", help="crop scans to heart box + margin and resample to the model grid")

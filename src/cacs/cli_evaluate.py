@@ -150,7 +150,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Register predict / evaluate / figures / infer on the `cacs` subparsers."""
-    from cacs.cli import _add_agatston_options
+    from cacs.cli import _add_agatston_options, add_device_options
 
     p = sub.add_parser("predict", help="predict the test scans with one trained experiment; clinical scores")
     p.add_argument("--model", required=True, help="results/models/<experiment>/model.pt")
@@ -158,9 +158,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--labels-dir", required=True, help="predicted label maps (NIfTI, crop geometry) go here")
     p.add_argument("--table", required=True, help="prediction table (CSV)")
     p.add_argument("--split", default="test", help="which split to predict")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_options(p, "train", "prediction uses one GPU")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    p.add_argument("--require-gpu", action="store_true", help="fail instead of running on the CPU")
     _add_agatston_options(p)
     p.set_defaults(func=_cmd_predict)
 
