@@ -11,19 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+from sklearn.metrics import ConfusionMatrixDisplay
 
 from cacs.cvd import RANK_NAMES
+from cacs.evaluate import confusion
 from cacs.figures.data import check_predictions, cohort_words, ordered_experiments
 from cacs.figures.style import data_source_caption, figure_style, panel_grid, plt, save_figure, suptitle
 from cacs.paper_reference import method_name
 
-RANKS: list[int] = list(range(1, len(RANK_NAMES) + 1))
-
 
 def rank_confusion(rows: pd.DataFrame) -> np.ndarray:
-    """5x5 counts, rows = reference rank I..V, columns = predicted rank I..V."""
-    return confusion_matrix(rows["ref_rank"].astype(int), rows["pred_rank"].astype(int), labels=RANKS)
+    """5x5 counts, rows = reference rank I..V, columns = predicted rank I..V (the statistics' own matrix)."""
+    return confusion(rows["ref_rank"], rows["pred_rank"])
 
 
 def figure7(
