@@ -96,7 +96,24 @@ start_munge() {
     return 1
 }
 
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+alive() {
+    [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 start() {
+    # Another session's test cluster (same ports) would take our jobs and vanish under us when
+    # that session stops it; sinfo would even report its node idle. Refuse instead.
+    for port in 16817 16818; do
+        if port_in_use "$port"; then
+            echo "port $port is in use: another SLURM test cluster is running (tests/test_slurm.py serialises" \
+                "sessions with a lock; stop the other cluster first)" >&2
+            return 1
+        fi
+    done
     install_packages
     write_conf
     install_conf
@@ -106,10 +123,17 @@ start() {
     /usr/sbin/slurmd -f "$SLURM_CONF"
     for _ in $(seq 120); do
         state=$(sinfo -h -o '%t' 2>/dev/null | head -1 || true)
-        if [[ $state == idle* ]]; then
+        if [[ $state == idle* ]] && alive "$dir/run/slurmctld.pid" && alive "$dir/run/slurmd.pid"; then
             echo "SLURM_CONF=$SLURM_CONF"
             return 0
         fi
+        for daemon in slurmctld slurmd; do
+            if [[ -s $dir/run/$daemon.pid ]] && ! alive "$dir/run/$daemon.pid"; then
+                echo "$daemon exited:" >&2
+                tail -5 "$dir/log/$daemon.log" >&2 || true
+                return 1
+            fi
+        done
         if [[ $state == drain* || $state == down* ]]; then
             scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
         fi
@@ -135,7 +159,10 @@ stop() {
     stop_pid "$dir/run/slurmd.pid"
     stop_pid "$dir/run/slurmctld.pid"
     stop_pid "$dir/munge/munged.pid"
-    if [[ -e $SYSTEM_CONF ]] && grep -q "$MARKER" "$SYSTEM_CONF"; then rm -f "$SYSTEM_CONF"; fi
+    # Only the copy this cluster installed (another session's is not ours to remove).
+    if [[ -e $SYSTEM_CONF && -e $dir/slurm.conf ]] && cmp -s "$SYSTEM_CONF" "$dir/slurm.conf"; then
+        rm -f "$SYSTEM_CONF"
+    fi
 }
 
 case $cmd in

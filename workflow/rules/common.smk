@@ -55,8 +55,8 @@ CONVERGENCE_EXPERIMENTS = [e for e in ("spss", "spss_ce") if e in EXPERIMENTS] o
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 # Conda environment per group of rules (conda: directives; paths relative to this
-# folder, as snakemake resolves them). Each installs the cacs package without
-# dependencies plus only what its group imports.
+# folder, as snakemake resolves them). Each holds only the pinned third-party packages
+# its group imports; the cacs code itself comes from this checkout through workflow/bin/cacs.
 DATA_ENV = "../../envs/data.yaml"  # acquire, ingest, split: DICOM/XML/NIfTI, no torch
 TORCH_ENV = "../../envs/torch.yaml"  # localize, crop, train, predict
 PLOT_ENV = "../../envs/plot.yaml"  # statistics, tables, figures
