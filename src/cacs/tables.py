@@ -340,6 +340,18 @@ def _md_escape(text: str) -> str:
     return text.replace("|", r"\|").replace("*", r"\*")
 
 
+def _render_cells(table, i: int, row, escape, embolden) -> list[str]:
+    """Escaped cells of row ``i``; a bold cell has only its number (``_split_bold``'s head) emboldened."""
+    cells = []
+    for j, cell in enumerate(row):
+        if (i, j) in table.bold:
+            head, tail = _split_bold(cell)
+            cells.append(embolden(escape(head)) + escape(tail))
+        else:
+            cells.append(escape(cell))
+    return cells
+
+
 def render_markdown(table: Table) -> str:
     """A GitHub pipe table with the caption above and the notes below."""
     align = {"l": ":---", "r": "---:", "c": ":---:"}
@@ -347,13 +359,7 @@ def render_markdown(table: Table) -> str:
     lines.append("| " + " | ".join(_md_escape(h) for h in table.header) + " |")
     lines.append("|" + "|".join(align[a] for a in table.align) + "|")
     for i, row in enumerate(_group_cells(table)):
-        cells = []
-        for j, cell in enumerate(row):
-            if (i, j) in table.bold:
-                head, tail = _split_bold(cell)
-                cells.append(f"**{_md_escape(head)}**{_md_escape(tail)}")
-            else:
-                cells.append(_md_escape(cell))
+        cells = _render_cells(table, i, row, _md_escape, lambda bold: f"**{bold}**")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"{_md_escape(note)}  " for note in table.notes]
@@ -401,13 +407,7 @@ def render_latex(table: Table) -> str:
     for i, row in enumerate(_group_cells(table)):
         if i in table.group_starts:
             lines.append("\\midrule")
-        cells = []
-        for j, cell in enumerate(row):
-            if (i, j) in table.bold:
-                head, tail = _split_bold(cell)
-                cells.append(f"\\textbf{{{latex_escape(head)}}}{latex_escape(tail)}")
-            else:
-                cells.append(latex_escape(cell))
+        cells = _render_cells(table, i, row, latex_escape, lambda bold: f"\\textbf{{{bold}}}")
         lines.append(" & ".join(cells) + " \\\\")
     lines.append("\\bottomrule")
     for note in table.notes:  # wrapped: one long \multicolumn{l} line would widen the whole table
