@@ -34,6 +34,7 @@ bench: venv
 	$(BIN)/python bench/bench_localize.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_evaluate.py
+	$(BIN)/python bench/bench_oracle.py
 
 clean:
 	rm -rf results resources .snakemake

@@ -99,7 +99,7 @@ def test_indicator_covers_positives_and_only_shell_or_candidates():
     labels[1] = 0
     labels[1, 2:4, 15:17, 3:5] = 1  # a second, differently placed plaque
     hu[1, 2:4, 15:17, 3:5] = 250.0
-    cfg = LossConfig()
+    cfg = LossConfig(far_share=0.0)
     pos = labels > 0
     ind = sampling_indicator(pos, hu, cfg, gen())
     assert ind.dtype == torch.bool and ind.shape == pos.shape
@@ -123,7 +123,7 @@ def test_indicator_covers_positives_and_only_shell_or_candidates():
 def test_indicator_counts_follow_ratio_and_share(ratio, share):
     labels, hu = phantom()
     pos = labels > 0
-    cfg = LossConfig(neg_ratio=ratio, candidate_share=share)
+    cfg = LossConfig(neg_ratio=ratio, candidate_share=share, far_share=0.0)
     ind = sampling_indicator(pos, hu, cfg, gen())
     n_neg = round(ratio * 8)
     assert int((ind & ~pos).sum()) == n_neg
@@ -137,14 +137,27 @@ def test_indicator_fills_a_short_pool_from_the_other():
     hu[(slice(None), *BONE)] = 40.0
     hu[0, 12, 20, 20:23] = 900.0  # only 3 candidates left
     pos = labels > 0
-    cfg = LossConfig(candidate_share=1.0)  # wants all 24 negatives among candidates
+    cfg = LossConfig(candidate_share=1.0, far_share=0.0)  # wants all 24 negatives among candidates
     ind = sampling_indicator(pos, hu, cfg, gen())
     assert bool(ind[0, 12, 20, 20:23].all())
     assert int((ind & ~pos).sum()) == 24
     assert int((ind & shell_of(pos, 3)).sum()) == 21
     # asking for more than both pools hold takes everything and stops
-    big = sampling_indicator(pos, hu, LossConfig(neg_ratio=1000.0, neg_radius_vox=1), gen())
+    big = sampling_indicator(pos, hu, LossConfig(neg_ratio=1000.0, neg_radius_vox=1, far_share=0.0), gen())
     assert int((big & ~pos).sum()) == int(shell_of(pos, 1).sum()) + 3
+
+
+def test_far_negatives_take_their_share_away_from_calcium_and_bone():
+    labels, hu = phantom()
+    pos = labels > 0
+    cfg = LossConfig(neg_ratio=4.0, candidate_share=0.25, far_share=0.5)  # 32 negatives: 8 shell, 8 bone, 16 far
+    ind = sampling_indicator(pos, hu, cfg, gen())
+    shell = shell_of(pos, cfg.neg_radius_vox)
+    far = ~pos & ~shell & (hu < cfg.candidate_hu)
+    assert int((ind & far).sum()) == 16
+    assert int((ind & shell).sum()) == 8 and int((ind & ~pos).sum()) == 32
+    with pytest.raises(ValueError, match="must be <= 1"):
+        LossConfig(candidate_share=0.75, far_share=0.5)
 
 
 def test_indicator_without_positives_samples_fixed_background():
@@ -306,10 +319,10 @@ def test_regression_loss_hand_computed():
     assert float(regression_loss(pred, ref)) == pytest.approx(1.375)
 
 
-def test_convnet_loss_is_l1_on_log1p():
-    pred = torch.tensor([[0.0, math.log(11.0), 1.0, 0.0]])
+def test_convnet_loss_is_mse_on_log1p():
+    pred = torch.tensor([[0.0, math.log(11.0), 2.0, 0.0]])
     ref = torch.tensor([[0.0, 10.0, 0.0, math.e - 1]])
-    assert float(convnet_loss(pred, ref)) == pytest.approx((0 + 0 + 1 + 1) / 4)
+    assert float(convnet_loss(pred, ref)) == pytest.approx((0 + 0 + 4 + 1) / 4)
 
 
 def make_batch(labels, hu, gated):
@@ -384,5 +397,25 @@ def test_local_shell_is_the_cubic_dilation_even_at_the_border():
     pos = torch.zeros((1, *SHAPE), dtype=torch.bool)
     pos[0, 0, 0, 0] = pos[0, 15, 23, 10] = pos[0, 7, 12, 12] = True
     hu = torch.full((1, *SHAPE), 40.0)  # no candidates: every negative must come from the shell
-    ind = sampling_indicator(pos, hu, LossConfig(neg_ratio=1e4, neg_radius_vox=2, candidate_share=0.0), gen())
+    cfg = LossConfig(neg_ratio=1e4, neg_radius_vox=2, candidate_share=0.0, far_share=0.0)
+    ind = sampling_indicator(pos, hu, cfg, gen())
     assert torch.equal(ind & ~pos, shell_of(pos, 2))
+
+
+def test_nongated_background_only_looks_at_soft_tissue_far_from_bright_voxels():
+    from cacs.losses import nongated_background_loss
+
+    _, hu = phantom(batch=2)
+    cfg = LossConfig(nongated_background=0.1, nongated_background_voxels=50)
+    near_bright = shell_of(hu >= 130, cfg.neg_radius_vox) | (hu >= 130)
+    # "calcium" called everywhere except far soft tissue: the loss must stay ~0
+    logits = torch.where(near_bright, 4.0, -4.0)[:, None].repeat(1, 2, 1, 1, 1)
+    logits[:, 0] = -logits[:, 1]
+    is_gated = torch.tensor([False, False])
+    low = nongated_background_loss(logits, hu, is_gated, cfg, gen())
+    assert float(low) == pytest.approx(math.log1p(math.exp(-8.0)), rel=1e-4)
+    # calling far soft tissue calcium is what it penalises
+    bad = nongated_background_loss(-logits, hu, is_gated, cfg, gen())
+    assert float(bad) == pytest.approx(8.0, rel=1e-3)
+    # gated samples are never looked at (they have masks and L_ssl)
+    assert float(nongated_background_loss(-logits, hu, torch.tensor([True, True]), cfg, gen())) == 0.0

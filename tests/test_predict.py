@@ -1,4 +1,4 @@
-"""Prediction: label maps on the crop grid, clinical scores from them, the table contract."""
+"""Prediction: native label maps, clinical scores from them on the native scan, the table contract."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cacs.cvd import cvd_rank
 from cacs.io.nifti import read_volume
 from cacs.models import build_model
 from cacs.models.spss import SPSSNet, SPSSOutput
+from cacs.native_scoring import roundtrip_labels
 from cacs.predict import PREDICTION_COLUMNS, TrainedModel, load_trained, predict_experiment, predict_volume
 from cacs.train import HU_SCALE
 from tests.test_train import TINY_MODELS, tiny_crops  # noqa: F401  (fixture)
@@ -71,32 +72,55 @@ def test_predict_experiment_writes_the_contract(tiny_crops, tmp_path):  # noqa: 
     model = _save_model(tmp_path / "spss" / "model.pt", "spss", "spss")
     table = predict_experiment(model, Path(tiny_crops), tmp_path / "labels", tmp_path / "pred.csv", AgatstonParams(),
                                device="cpu")  # fmt: skip
-    index = pd.read_csv(tiny_crops, keep_default_na=False)
+    index = pd.read_csv(tiny_crops, keep_default_na=False).set_index("case_id")
     assert list(pd.read_csv(tmp_path / "pred.csv").columns) == list(PREDICTION_COLUMNS)
-    assert sorted(table.case_id) == sorted(index[index.split == "test"].case_id)
+    assert sorted(table.case_id) == sorted(index[index.split == "test"].index)
     assert set(table.cohort) == {"gated", "nongated"}
     for row in table.itertuples():
+        crop = index.loc[row.case_id]
+        assert row.image == crop.source_image and row.ref_labels == crop.source_labels  # the native scan
         hu, geo = read_volume(row.image)
         labels, lgeo = read_volume(row.label_map)
-        assert labels.shape == hu.shape and lgeo == geo  # the label map lies on the crop grid
+        crop_hu, crop_geo = read_volume(crop.image_nii)
+        assert labels.shape == hu.shape and lgeo == geo  # the label map lies on the native scan's grid
+        assert hu.shape != crop_hu.shape  # ... which is not the model grid
         rescored = agatston_scores(hu, labels, geo.spacing, AgatstonParams())
         assert [getattr(row, f"pred_{k}") for k in SCORE_COLUMNS] == pytest.approx([rescored[k] for k in SCORE_COLUMNS])
         assert row.pred_rank == cvd_rank(row.pred_total) and row.ref_rank == cvd_rank(row.ref_total)
-        ref = index.set_index("case_id").loc[row.case_id]
-        assert row.ref_total == pytest.approx(ref.total)
+        assert row.ref_total == pytest.approx(crop.total)
         assert (row.ref_labels != "") == (row.cohort == "gated")
-        if row.cohort == "gated":  # the reference mask scored on the model grid
-            ref_labels, _ = read_volume(row.ref_labels)
-            assert row.ref_grid_total == pytest.approx(agatston_scores(hu, ref_labels, geo.spacing)["total"])
+        if row.cohort == "gated":
+            ref_labels, ref_geo = read_volume(row.ref_labels)
+            assert ref_geo == geo  # reference, prediction and scan overlay
+            # The reference mask on the model grid, scored there ...
+            grid_labels, _ = read_volume(crop.labels_nii)
+            grid = agatston_scores(crop_hu, grid_labels, crop_geo.spacing)
+            assert row.ref_grid_total == pytest.approx(grid["total"])
+            # ... and taken there and back, scored on the native scan.
+            back = roundtrip_labels(ref_labels, geo, crop_geo, crop_hu.shape)
+            assert row.ref_roundtrip_total == pytest.approx(agatston_scores(hu, back, geo.spacing)["total"])
+        else:
+            assert np.isnan(row.ref_grid_total) and np.isnan(row.ref_roundtrip_total)
+    assert table[table.cohort == "gated"].ref_total.sum() > 0  # the oracle columns were computed on calcium
 
 
-def test_oracle_predictions_equal_the_threshold_score(tiny_crops, tmp_path, monkeypatch):  # noqa: F811
+def test_oracle_predictions_are_scored_on_the_native_scan(tiny_crops, tmp_path, monkeypatch):  # noqa: F811
+    """A model that calls every model-grid voxel >= 130 HU RCA calcium: all native calcium it covers is RCA."""
     monkeypatch.setattr(predict_module, "load_trained", lambda *a, **k: _oracle(4))
     table = predict_experiment(Path("unused"), Path(tiny_crops), tmp_path / "l", tmp_path / "p.csv", AgatstonParams())
+    assert (table.pred_total > 0).any()
     for row in table.itertuples():
         hu, geo = read_volume(row.image)
-        expected = agatston_scores(hu, (hu >= 130).astype(np.uint8) * 4, geo.spacing)["total"]
-        assert row.pred_RCA == pytest.approx(expected) and row.pred_total == pytest.approx(expected)
+        labels, _ = read_volume(row.label_map)
+        assert set(np.unique(labels)) <= {0, 4}
+        assert row.pred_RCA == pytest.approx(row.pred_total) and row.pred_LM == row.pred_LCX == row.pred_LAD == 0
+        # Labelling the whole scan RCA is an upper bound (the score only grows with the mask) ...
+        assert row.pred_total <= agatston_scores(hu, np.full(hu.shape, 4, np.uint8), geo.spacing)["total"] + 1e-9
+        # ... and the native voxels >= 130 HU inside the predicted mask are all there is to score.
+        calcium = (labels == 4) & (hu >= 130)
+        assert row.pred_total == pytest.approx(agatston_scores(hu, calcium.astype(np.uint8) * 4, geo.spacing)["total"])
+        if row.ref_total > 0 and row.cohort == "gated":
+            assert row.pred_total > 0
 
 
 def test_convnet_scores_directly_without_a_map(tiny_crops, tmp_path):  # noqa: F811

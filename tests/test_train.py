@@ -104,3 +104,94 @@ def test_config_rejects_unknown_keys_and_odd_batches():
         TrainConfig.from_dict({"model": "spss", "epochz": 3})
     with pytest.raises(ValueError, match="even"):
         TrainConfig(batch_size=3)
+
+
+def test_onecycle_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(schedule="onecycle", lr=2e-3, lr_min=1e-6, epochs=4, warmup_fraction=0.25)
+    lrs = [learning_rate(cfg, e, s, 10) for e in range(1, 5) for s in range(10)]
+    peak = int(np.argmax(lrs))
+    assert lrs[0] == pytest.approx(2e-3 / 25) and max(lrs) == pytest.approx(2e-3, rel=1e-2)
+    assert 8 <= peak <= 11  # a quarter of 40 steps
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :], strict=False))
+    assert lrs[-1] == pytest.approx(1e-6)
+
+
+def _scan(labels: np.ndarray, gated: bool = True) -> train_module.Scan:
+    hu = np.where(labels > 0, 400.0, 40.0).astype(np.float32)
+    return train_module.Scan(
+        case_id="c", gated=gated, x=(hu / 1000)[None], hu=hu, labels=labels.astype(np.int64),
+        weight=np.where(labels > 0, 4.0, 0.0).astype(np.float32), voxel_factor=0.5,
+        ref=np.zeros(4, np.float32), foreground=np.argwhere(labels > 0).astype(np.int32),
+    )  # fmt: skip
+
+
+def test_patch_target_is_eq1_of_the_reference_inside_the_patch():
+    labels = np.zeros((16, 32, 32), np.int64)
+    labels[2:4, 2:4, 2:4] = 3  # LAD, 8 voxels inside the patch below
+    labels[12:14, 28:30, 28:30] = 4  # RCA, outside it
+    patch = train_module.cut_patch(_scan(labels), (0, 0, 0), (8, 16, 16))
+    assert patch.x.shape == (1, 8, 16, 16) and patch.labels.shape == (8, 16, 16)
+    np.testing.assert_allclose(patch.ref, [0.0, 0.0, 8 * 4.0 * 0.5, 0.0])
+
+
+def test_foreground_oversampling_centres_patches_on_calcium():
+    labels = np.zeros((32, 64, 64), np.int64)
+    labels[20, 50, 50] = 2
+    scans = [_scan(labels), _scan(np.zeros_like(labels)), _scan(np.zeros_like(labels), gated=False)]
+    cfg = TrainConfig(patch_size=(16, 16, 8), foreground_fraction=1.0)
+    plan = train_module.plan_epoch(scans, [0, 1], [2], 1, 50, cfg, np.random.default_rng(0))
+    for gated_slot, nongated_slot in plan:
+        z, y, x = gated_slot.origin
+        assert gated_slot.scan == 0 and z <= 20 < z + 8 and y <= 50 < y + 16 and x <= 50 < x + 16
+        assert nongated_slot == train_module.Sample(2)  # non-gated: always the whole crop
+    uniform = train_module.plan_epoch(scans, [0, 1], [2], 1, 200, TrainConfig(patch_size=(16, 16, 8)),
+                                      np.random.default_rng(0))  # fmt: skip
+    hits = [s.origin for s, _ in uniform if s.scan == 0 and s.origin[0] <= 20 < s.origin[0] + 8
+            and s.origin[1] <= 50 < s.origin[1] + 16 and s.origin[2] <= 50 < s.origin[2] + 16]  # fmt: skip
+    assert len(hits) < 40  # without oversampling calcium is rarely in a patch
+    with pytest.raises(ValueError, match="larger than the crops"):
+        train_module.check_patch_size(TrainConfig(patch_size=(128, 16, 8)), labels.shape)
+
+
+def test_patch_recipe_learns_and_resumes_bit_identically(tiny_crops, tmp_path, monkeypatch):
+    recipe = dict(optimizer="adamw", schedule="onecycle", lr=3e-3, lr_min=1e-5, weight_decay=1e-4,
+                  steps_per_epoch=3, patch_size=(16, 16, 8), foreground_fraction=0.67, epochs=3, amp=True)  # fmt: skip
+    metrics = train_experiment("a", tiny_crops, tmp_path / "a", _cfg("spss", **recipe))
+    assert metrics.loss_total.iloc[-1] < metrics.loss_total.iloc[0]
+    assert {"loss_dice", "loss_ls", "loss_f", "loss_ssl", "loss_rsl"} <= set(metrics.columns)
+    real_plan = train_module.plan_epoch
+
+    def killed_in_epoch_3(scans, gated, nongated, half, steps, cfg, rng):
+        if killed_in_epoch_3.calls == 2:
+            raise RuntimeError("simulated kill")
+        killed_in_epoch_3.calls += 1
+        return real_plan(scans, gated, nongated, half, steps, cfg, rng)
+
+    killed_in_epoch_3.calls = 0
+    monkeypatch.setattr(train_module, "plan_epoch", killed_in_epoch_3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", **recipe))
+    monkeypatch.setattr(train_module, "plan_epoch", real_plan)
+    train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", **recipe))
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augmentation_changes_only_the_network_input_and_is_reproducible():
+    labels = np.zeros((16, 32, 32), np.int64)
+    labels[8, 10:12, 10:12] = 1
+    scan = _scan(labels)
+    a = train_module.augment(scan, 30.0, 7, 1.0)
+    b = train_module.augment(scan, 30.0, 7, 1.0)
+    np.testing.assert_array_equal(a.x, b.x)  # same seed, same input: resume replays it
+    assert a.x.dtype == np.float32 and a.x.shape == scan.x.shape
+    noise = (a.x - train_module.augment(scan, 0.0, 7, 1.0).x) * train_module.HU_SCALE
+    assert 25 < noise.std() < 35
+    blurred = train_module.augment(scan, 0.0, 0, 1.0).x[0]
+    assert blurred[8, 10, 10] < scan.x[0, 8, 10, 10] and blurred[7, 10, 10] > scan.x[0, 7, 10, 10]  # z only
+    np.testing.assert_array_equal(blurred[:, 20, 20], scan.x[0, :, 20, 20])  # flat columns are unchanged
+    for field in ("hu", "labels", "weight", "ref"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(scan, field))
+    assert train_module.augment(scan, 0.0, 0, 0.0) is scan

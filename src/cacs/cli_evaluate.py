@@ -155,7 +155,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("predict", help="predict the test scans with one trained experiment; clinical scores")
     p.add_argument("--model", required=True, help="results/models/<experiment>/model.pt")
     p.add_argument("--index", required=True, help="results/crops/index.csv")
-    p.add_argument("--labels-dir", required=True, help="predicted label maps (NIfTI, crop geometry) go here")
+    p.add_argument("--labels-dir", required=True, help="predicted label maps (NIfTI, native scan geometry) go here")
     p.add_argument("--table", required=True, help="prediction table (CSV)")
     p.add_argument("--split", default="test", help="which split to predict")
     add_device_options(p, "train", "prediction uses one GPU")

@@ -152,8 +152,10 @@ CROP_COLUMNS: tuple[str, ...] = (
     "case_id", "patient_id", "cohort", "split", "image_npy", "labels_npy", "image_nii", "labels_nii",
     "fallback", "crop_lo_x", "crop_lo_y", "crop_lo_z", "crop_hi_x", "crop_hi_y", "crop_hi_z",
     "calcium_voxels_in_crop", "score_in_crop", "calcium_voxels_in_model_grid",
-    "spacing_x", "spacing_y", "spacing_z", "LM", "LCX", "LAD", "RCA", "total",
+    "spacing_x", "spacing_y", "spacing_z", "LM", "LCX", "LAD", "RCA", "total", "source_image", "source_labels",
 )  # fmt: skip
+"""One row per scan.  ``source_image`` / ``source_labels``: the native scan and (gated) reference label
+map the crop was cut from, where prediction scores natively (cacs.predict); ``source_labels`` empty without."""
 
 
 def containment(
@@ -236,6 +238,8 @@ def crop_case(case: dict, box: dict, out_dir: Path, params: CropParams, agatston
         "calcium_voxels_in_crop": np.nan,
         "score_in_crop": np.nan,
         "calcium_voxels_in_model_grid": np.nan,
+        "source_image": str(case["image"]),
+        "source_labels": str(case["labels"]) if labels is not None else "",
     }
     if labels is not None:
         crop_labels, _ = crop_array(labels, geometry, start, stop)

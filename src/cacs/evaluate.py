@@ -47,7 +47,7 @@ DATA_SOURCES: tuple[str, ...] = ("synthetic", "local", "download")
 """Accepted ``data_source`` values (the config's ``data.source``); only "synthetic" is not real COCA."""
 
 REQUIRED_COLUMNS: tuple[str, ...] = CONTRACT_COLUMNS
-"""The prediction contract's columns (``cacs predict`` may add more, e.g. ``ref_grid_*``; they are kept)."""
+"""The prediction contract's columns (``cacs predict`` adds more, ``ref_grid_*`` and ``ref_roundtrip_*``; kept)."""
 
 BA_SD_LIMIT = 1.96
 """Bland-Altman limits of agreement are bias +- 1.96 SD (the paper's Figure 6)."""

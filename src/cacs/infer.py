@@ -9,9 +9,9 @@ Every step is the pipeline's own code, in the pipeline's order, so a scan
 scored here gets exactly the scores ``cacs predict`` gives it in a run:
 DICOM series -> NIfTI (the ingest reader and series choice), heart box
 (:func:`cacs.heart_boxes.heart_box`), crop and model grid
-(:func:`cacs.crop.crop_case`), network + clinical scorer
-(:func:`cacs.predict.predict_volume`).  Only the last step is new: the
-model-grid label map is resampled (nearest neighbour) back onto the scan.
+(:func:`cacs.crop.crop_case`), network on the crop, its class probabilities
+back onto the scan's native grid and the clinical scorer on the native HU
+(:func:`cacs.predict.predict_native`, see :mod:`cacs.native_scoring`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pandas as pd
 
 from cacs import SCORE_COLUMNS
 from cacs.agatston import AgatstonParams
-from cacs.crop import CropParams, crop_case, resample_onto
+from cacs.crop import CropParams, crop_case
 from cacs.cvd import cvd_rank, rank_name
 from cacs.heart_boxes import Plausibility, heart_box
 from cacs.ingest import choose_series
@@ -34,7 +34,7 @@ from cacs.io.atomic import write_csv, write_json
 from cacs.io.dicom_series import assemble, group_series, read_slices
 from cacs.io.nifti import read_volume, write_volume
 from cacs.localizer import load_localizer, resolve_device
-from cacs.predict import load_trained, predict_volume
+from cacs.predict import load_trained, predict_native
 from cacs.qc import CaseExcluded, QCLog
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,10 @@ def infer_scan(
     """Score ``scan`` (DICOM folder or volume file); write results to ``out_dir``; return the JSON record.
 
     Writes ``scores.json``, ``scores.csv`` (one row), ``labels.nii.gz`` (the
-    predicted label map on the scan's geometry; SPSS-type models only),
-    ``image.nii.gz`` (the scan as NIfTI, for DICOM input) and the model-grid
-    crop under ``crop/`` (what the network saw, with its label map).
+    predicted label map on the scan's own grid, which the scores were computed
+    from with the scan's HU; SPSS-type models only), ``image.nii.gz`` (the scan
+    as NIfTI, for DICOM input) and the model-grid crop under ``crop/`` (what the
+    network saw, with its model-grid argmax label map).
     """
     scan = Path(scan)
     if not scan.exists():
@@ -140,13 +141,13 @@ def infer_scan(
 
     model = load_trained(model_path, opts.device)
     crop_hu, grid = read_volume(row["image_nii"])
-    scores, labels = predict_volume(model, crop_hu, grid.spacing, opts.agatston)
+    pred = predict_native(model, crop_hu, grid, hu, geometry, opts.agatston)
+    scores = pred.scores
     labels_path = ""
-    if labels is not None:
-        write_volume(crop_dir / f"{name}_predicted_labels.nii.gz", labels, grid)
-        native = resample_onto(labels, grid, geometry, hu.shape[::-1], is_label=True).astype(np.uint8)
+    if pred.labels is not None:
+        write_volume(crop_dir / f"{name}_predicted_labels.nii.gz", pred.grid_labels, grid)
         labels_path = str(out_dir / "labels.nii.gz")
-        write_volume(labels_path, native, geometry)
+        write_volume(labels_path, pred.labels, geometry)
     else:
         notes.append(f"model {model.experiment!r} is a {model.kind} (direct regression): no label map")
     rank = cvd_rank(scores["total"])

@@ -11,7 +11,8 @@ from cacs import SCORE_COLUMNS
 REF_COLUMNS: tuple[str, ...] = tuple(f"ref_{c}" for c in SCORE_COLUMNS)
 PRED_COLUMNS: tuple[str, ...] = tuple(f"pred_{c}" for c in SCORE_COLUMNS)
 PATH_COLUMNS: tuple[str, ...] = ("image", "ref_labels", "label_map")
-"""Crop image, reference label map (gated only, else empty), predicted label map (SPSS-type only, else empty)."""
+"""Native scan, its reference label map (gated only, else empty), predicted label map (SPSS-type only, else empty):
+all on the scan's own grid, so they overlay."""
 
 CONTRACT_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -27,4 +28,5 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
     *PATH_COLUMNS,
     "fallback",
 )
-"""One row per test scan, in this order; a writer may append more columns (``cacs predict`` adds ``ref_grid_*``)."""
+"""One row per test scan, in this order; a writer may append more columns (``cacs predict`` adds ``ref_grid_*``
+and ``ref_roundtrip_*``)."""

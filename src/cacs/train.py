@@ -27,6 +27,8 @@ depends only on the image, so it is computed once per scan and kept.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -38,13 +40,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 from tqdm import tqdm
 
 from cacs import ARTERIES
 from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
 from cacs.devices import DistributedEnv, distributed_env, process_group, resolve_device
 from cacs.io.atomic import write_csv, write_torch
-from cacs.losses import LossConfig, convnet_loss, total_loss
+from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
 from cacs.models import build_model
 
 log = logging.getLogger(__name__)
@@ -68,11 +71,38 @@ class TrainConfig:
     weight_decay: float = 3e-5
     seed: int = 42
     device: str = "auto"
-    amp: bool = True  # CUDA only: bfloat16 autocast + channels_last_3d
+    amp: bool = True  # bfloat16 autocast + channels_last_3d (CUDA, or a CPU with native bf16)
+    optimizer: str = "sgd"  # "sgd" (the paper) | "adamw"
+    schedule: str = "sgdr"  # "sgdr" (the paper, per epoch) | "onecycle" (per step)
+    warmup_fraction: float = 0.3  # onecycle: share of all steps spent warming up
+    steps_per_epoch: int | None = None  # None = one pass over the larger cohort (the paper)
+    patch_size: tuple[int, int, int] | None = None  # (x, y, z) gated training patches; None = whole crops
+    foreground_fraction: float = 0.0  # share of gated patches centred on reference calcium
+    patches_per_scan: int = 1  # gated patches per gated slot of a batch (patch_size only)
+    noise_hu: float = 0.0  # gated patches: add Gaussian noise of an SD drawn from [0, noise_hu] HU
+    blur_z_vox: float = 0.0  # gated patches: blur along z with a Gaussian SD drawn from [0, blur_z_vox] voxels
 
     def __post_init__(self) -> None:
         if self.model not in ("spss", "convnet"):
             raise ValueError(f"experiment model must be 'spss' or 'convnet', got {self.model!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("sgdr", "onecycle"):
+            raise ValueError(f"train.schedule must be 'sgdr' or 'onecycle', got {self.schedule!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"train.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch!r}")
+        if self.patch_size is not None:
+            if len(self.patch_size) != 3 or any(int(v) < 1 for v in self.patch_size):
+                raise ValueError(f"train.patch_size must be three sizes >= 1 (x, y, z) or null: {self.patch_size!r}")
+            object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+        if not self.noise_hu >= 0 or not self.blur_z_vox >= 0:
+            raise ValueError(f"train.noise_hu, train.blur_z_vox must be >= 0: {self.noise_hu!r}, {self.blur_z_vox!r}")
+        if self.patches_per_scan < 1:
+            raise ValueError(f"train.patches_per_scan must be >= 1, got {self.patches_per_scan!r}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ValueError(f"train.foreground_fraction must be in [0, 1], got {self.foreground_fraction!r}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError(f"train.batch_size must be even and >= 2 (half gated, half non-gated): {self.batch_size}")
         if self.epochs < 1 or self.cycle_epochs < 1:
@@ -89,11 +119,51 @@ class TrainConfig:
         return cls(**data)
 
 
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """SGDR: cosine from the cycle's peak to ``lr_min`` over ``cycle_epochs`` (epoch is 1-based)."""
-    cycle, pos = divmod(epoch - 1, cfg.cycle_epochs)
-    peak = cfg.lr if cycle == 0 else cfg.lr_restart
-    return cfg.lr_min + 0.5 * (peak - cfg.lr_min) * (1 + math.cos(math.pi * pos / cfg.cycle_epochs))
+def learning_rate(cfg: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """The learning rate of one optimizer step: a pure function of (epoch, step), so resume replays it.
+
+    ``sgdr`` (the paper): cosine from the cycle's peak to ``lr_min`` over
+    ``cycle_epochs``, constant within an epoch (epoch is 1-based; the first
+    cycle peaks at ``lr``, every later one at ``lr_restart``).
+
+    ``onecycle`` (the CPU default run): over all ``epochs x steps_per_epoch``
+    steps, a cosine warm-up from ``lr / 25`` to ``lr`` during
+    ``warmup_fraction`` of them, then a cosine decay to ``lr_min`` (the shape
+    of torch's ``OneCycleLR``).  A large peak reached gently lets AdamW
+    converge in a few hundred steps, which a CPU can afford.
+    """
+    if cfg.schedule == "sgdr":
+        cycle, pos = divmod(epoch - 1, cfg.cycle_epochs)
+        peak = cfg.lr if cycle == 0 else cfg.lr_restart
+        return cfg.lr_min + 0.5 * (peak - cfg.lr_min) * (1 + math.cos(math.pi * pos / cfg.cycle_epochs))
+    total = cfg.epochs * steps_per_epoch
+    t = ((epoch - 1) * steps_per_epoch + step) / max(total - 1, 1)
+    start = cfg.lr / 25.0
+    if t < cfg.warmup_fraction:
+        return start + 0.5 * (cfg.lr - start) * (1 - math.cos(math.pi * t / cfg.warmup_fraction))
+    u = (t - cfg.warmup_fraction) / (1 - cfg.warmup_fraction)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(u, 1.0)))
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or AdamW (the CPU default run's recipe)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
+    """bfloat16 autocast + channels_last_3d where the hardware runs bf16 natively.
+
+    On CUDA always; on a CPU only with native bf16 (AVX-512 BF16 / AMX), where
+    oneDNN's bf16 kernels made an SPSS step 2.5x faster than fp32 (see
+    ``bench/bench_train.py``); elsewhere bf16 is emulated and slower.
+    """
+    if not cfg.amp:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @dataclass
@@ -106,6 +176,7 @@ class Scan:
     weight: np.ndarray  # (Z, Y, X) float32, eq. 1's W
     voxel_factor: float
     ref: np.ndarray  # (4,) reference per-artery scores
+    foreground: np.ndarray  # (N, 3) z, y, x indices of reference calcium (empty for non-gated)
 
 
 def load_scans(index: pd.DataFrame, agatston: AgatstonParams, progress: bool = True) -> list[Scan]:
@@ -126,9 +197,38 @@ def load_scans(index: pd.DataFrame, agatston: AgatstonParams, progress: bool = T
                 weight=lesion_weight_map(hu, agatston).astype(np.float32),
                 voxel_factor=voxel_score_factor(spacing, agatston),
                 ref=np.array([row[a] for a in ARTERIES], dtype=np.float32),
+                foreground=np.argwhere(labels > 0).astype(np.int32),
             )
         )
     return scans
+
+
+def cut_patch(scan: Scan, origin_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]) -> Scan:
+    """A gated training patch of ``scan``, with the reference score of what it holds.
+
+    The regression target of a patch cannot be the whole scan's score.  It is
+    eq. 1 applied to the reference mask inside the patch (sum of W x s over
+    each artery's labelled voxels): exactly what a perfect segmentation of
+    the patch scores on the model grid, so ``L_rsl`` stays consistent.  W is
+    cut from the whole crop's map, so a lesion that leaves the patch keeps its
+    peak-HU weight.
+    """
+    z, y, x = origin_zyx
+    dz, dy, dx = size_zyx
+    region = (slice(z, z + dz), slice(y, y + dy), slice(x, x + dx))
+    labels, weight = scan.labels[region], scan.weight[region]
+    ref = np.array([weight[labels == k + 1].sum() * scan.voxel_factor for k in range(len(ARTERIES))], np.float32)
+    return Scan(
+        case_id=scan.case_id,
+        gated=scan.gated,
+        x=scan.x[(slice(None), *region)],
+        hu=scan.hu[region],
+        labels=labels,
+        weight=weight,
+        voxel_factor=scan.voxel_factor,
+        ref=ref,
+        foreground=np.zeros((0, 3), np.int32),
+    )
 
 
 def _batch(scans: list[Scan], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
@@ -146,30 +246,171 @@ def _batch(scans: list[Scan], device: torch.device, channels_last: bool) -> dict
     }
 
 
-def _forward(model, cfg: TrainConfig, loss_cfg: LossConfig | None, batch, generator, amp: bool):
-    """Loss, its parts and the predicted per-artery scores for one batch."""
+def _group_loss(model, cfg: TrainConfig, loss_cfg: LossConfig | None, batch, generator, amp: bool, n_scans: int):
+    """One group of same-shaped samples: its share of the step's loss, its L_ssl parts, its summed |error|.
+
+    A step's loss is ``L_ssl`` (mean over the step's gated patches) plus
+    ``lambda x L_rsl`` (mean over *every* scan of the step, K arteries each);
+    the regression term is a mean, so each group adds its sum of absolute
+    errors divided by ``K x n_scans`` and the groups' losses add up to eq. 6.
+    """
     with torch.autocast(batch["x"].device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(batch["x"])
+    share = batch["ref_scores"].shape[0] / n_scans
     if cfg.model == "convnet":
         pred_log = out.float()
-        loss = convnet_loss(pred_log, batch["ref_scores"])
-        return loss, {"total": float(loss.detach())}, getattr(model, "module", model).scores(pred_log)
+        abs_err = (pred_log - torch.log1p(batch["ref_scores"].clamp_min(0))).abs().sum()
+        return convnet_loss(pred_log, batch["ref_scores"]) * share, None, abs_err.detach()
     net = getattr(model, "module", model)  # the network itself under DistributedDataParallel
     pred = net.scores(out, batch["weight"], batch["voxel_factor"])  # the models return float32 logits
-    loss, parts = total_loss(out, pred, batch, loss_cfg, generator)
-    return loss, parts, pred
+    ssl, parts = semantic_loss(out, batch["labels"], batch["hu"], batch["is_gated"], loss_cfg, generator)
+    rsl = regression_loss(pred, batch["ref_scores"]) * share
+    loss = ssl + loss_cfg.lam * rsl
+    parts = {**parts, "ssl": ssl} if bool(batch["is_gated"].any()) else {}  # empty: no part of L_ssl here
+    n_nongated = int((~batch["is_gated"]).sum())
+    if loss_cfg.nongated_background > 0 and n_nongated:
+        bg = nongated_background_loss(out.cac_logits, batch["hu"], batch["is_gated"], loss_cfg, generator)
+        loss = loss + loss_cfg.nongated_background * bg * (n_nongated / n_scans)
+        parts["bg"] = bg
+    return loss, parts or None, (pred.detach() - batch["ref_scores"]).abs().sum()
+
+
+def _train_step(model, cfg: TrainConfig, loss_cfg, groups: list[list[Scan]], device, amp, generator, optimizer):
+    """Forward/backward every group (gradients accumulate), one optimizer step; the metric parts.
+
+    Gated patches and whole non-gated crops differ in shape, hence groups;
+    under DDP every group but the last runs in ``no_sync`` so the gradients
+    are all-reduced once, after the whole step.
+    """
+    n_scans = sum(len(g) for g in groups)
+    optimizer.zero_grad(set_to_none=True)
+    parts, abs_err, loss_sum = None, 0.0, 0.0
+    for i, group in enumerate(groups):
+        batch = _batch(group, device, amp)
+        last = i == len(groups) - 1
+        sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
+        with sync:
+            loss, group_parts, err = _group_loss(model, cfg, loss_cfg, batch, generator, amp, n_scans)
+            loss.backward()
+        loss_sum += float(loss.detach())
+        abs_err += float(err)
+        if group_parts is not None:
+            parts = {**(parts or {}), **group_parts}
+    optimizer.step()
+    if cfg.model == "convnet":
+        return {"total": loss_sum}
+    named = {k: float(v.detach()) for k, v in (parts or {}).items()}
+    return {**named, "rsl": abs_err / (n_scans * len(ARTERIES)), "total": loss_sum}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One slot of a batch: a training scan, and the (z, y, x) corner of its patch (None = whole crop)."""
+
+    scan: int
+    origin: tuple[int, int, int] | None = None
+    noise_sd_hu: float = 0.0  # augmentation: SD of the Gaussian noise added to the network input
+    noise_seed: int = 0
+    blur_z_vox: float = 0.0  # augmentation: SD (voxels) of a Gaussian blur of the network input along z
+
+
+def _patch_origin(shape, size, rng: np.random.Generator, centre=None) -> tuple[int, int, int]:
+    """Corner of a patch of ``size`` inside ``shape``: uniform, or around ``centre`` with a jitter of 1/4 patch."""
+    shape, size = np.asarray(shape), np.asarray(size)
+    if centre is None:
+        lo = rng.integers(0, shape - size + 1)
+    else:
+        jitter = rng.integers(-(size // 4), size // 4 + 1)
+        lo = np.asarray(centre) - size // 2 + jitter
+    return tuple(int(v) for v in np.clip(lo, 0, shape - size))
+
+
+def plan_epoch(
+    scans: list[Scan], gated: list[int], nongated: list[int], half: int, steps: int, cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> list[list[Sample]]:
+    """The batches of one epoch, ``half`` gated then ``half`` non-gated slots each.
+
+    Scans are taken in a fresh permutation of each cohort, the shorter one
+    cycled.  With ``patch_size`` (SPSS only: the ConvNet regresses whole-scan
+    scores) every gated slot gives ``patches_per_scan`` patches, each with
+    probability
+    ``foreground_fraction`` a patch around a random reference-calcium voxel of
+    a random calcified gated scan (nnU-Net's foreground oversampling: calcium
+    fills ~1e-4 of a crop, uniform patches would almost never show it),
+    otherwise a uniform patch of the scheduled scan.  Non-gated scans are
+    always whole crops: their reference is a whole-scan score (eq. 5).
+    """
+    g, n = list(rng.permutation(gated)), list(rng.permutation(nongated))
+    patches = cfg.patch_size is not None and cfg.model == "spss"
+    calcified = [i for i in gated if len(scans[i].foreground)] if patches else []
+    size = tuple(cfg.patch_size[::-1]) if patches else None
+    batches = []
+    for step in range(steps):
+        batch = []
+        for j in range(half):
+            scheduled = int(g[(step * half + j) % len(g)])
+            if not patches:
+                batch.append(Sample(scheduled))
+                continue
+            for _ in range(cfg.patches_per_scan):
+                idx, centre = scheduled, None
+                if calcified and rng.random() < cfg.foreground_fraction:
+                    idx = int(calcified[rng.integers(len(calcified))])
+                    fg = scans[idx].foreground
+                    centre = fg[rng.integers(len(fg))]
+                origin = _patch_origin(scans[idx].hu.shape, size, rng, centre)
+                noise = float(rng.uniform(0.0, cfg.noise_hu))
+                blur = float(rng.uniform(0.0, cfg.blur_z_vox))
+                batch.append(Sample(idx, origin, noise, int(rng.integers(2**31)), blur))
+        batch += [Sample(int(n[(step * half + j) % len(n)])) for j in range(half)]
+        batches.append(batch)
+    return batches
 
 
 def _epoch_batches(gated: list[int], nongated: list[int], half: int, rng: np.random.Generator) -> list[list[int]]:
-    """Equal numbers of gated and non-gated scans per batch; the shorter list is cycled."""
-    g, n = list(rng.permutation(gated)), list(rng.permutation(nongated))
-    steps = math.ceil(max(len(g), len(n)) / half)
-    pick = lambda pool, i: [pool[(i * half + j) % len(pool)] for j in range(half)]  # noqa: E731
-    return [pick(g, i) + pick(n, i) for i in range(steps)]
+    """Whole-crop batches of one epoch (scan indices): one pass over the larger cohort."""
+    steps = math.ceil(max(len(gated), len(nongated)) / half)
+    plan = plan_epoch([], gated, nongated, half, steps, TrainConfig(), rng)
+    return [[s.scan for s in batch] for batch in plan]
 
 
-def rank_share(ids: list[int], half: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """One rank's part of a batch laid out ``[gated x half, non-gated x half]``: its slice of each half.
+def augment(scan: Scan, noise_sd_hu: float, noise_seed: int, blur_z_vox: float) -> Scan:
+    """The scan with its network input made to look like chest CT: blurred along z, then noisier.
+
+    Augmentation towards the non-gated domain, which is noisier than cardiac
+    CT (about twice the SD) and smoother along z (5 mm slices, cardiac motion).
+    Without it the network can tell the cohorts apart by their look, and the
+    regression on non-gated scans (eq. 5) then teaches it a shortcut: call
+    everything calcium in a chest CT (eq. 1 counts only voxels >= 130 HU, so
+    soft tissue costs nothing there, while native-resolution scoring finds
+    noise above 130 HU in it).  Labels, HU, W and the reference stay the clean
+    scan's: the augmentation changes what the network sees, not what is true.
+    """
+    if noise_sd_hu <= 0 and blur_z_vox <= 0:
+        return scan
+    x = scan.x
+    if blur_z_vox > 0:
+        x = ndimage.gaussian_filter1d(x, blur_z_vox, axis=1, mode="nearest")
+    if noise_sd_hu > 0:
+        x = x + np.random.default_rng(noise_seed).normal(0.0, noise_sd_hu / HU_SCALE, x.shape).astype(np.float32)
+    return dataclasses.replace(scan, x=np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _groups(samples: list[Sample], scans: list[Scan], cfg: TrainConfig) -> list[list[Scan]]:
+    """The samples as groups of equal shape: patches first, then whole crops."""
+    size = tuple(cfg.patch_size[::-1]) if cfg.patch_size else None
+    patch = [augment(cut_patch(scans[s.scan], s.origin, size), s.noise_sd_hu, s.noise_seed, s.blur_z_vox)
+             for s in samples if s.origin]  # fmt: skip
+    whole = [scans[s.scan] for s in samples if s.origin is None]
+    return [g for g in (patch, whole) if g]
+
+
+def rank_share(ids: list, half: int, rank: int = 0, world_size: int = 1, n_gated: int | None = None) -> list:
+    """One rank's part of a batch laid out ``[gated x n_gated, non-gated x half]``: its slice of each part.
+
+    ``n_gated`` is ``half`` unless every gated slot holds several patches
+    (``patches_per_scan``).
 
     Batch 4 over 2 ranks gives each rank 1 gated + 1 non-gated scan (the
     paper's 2 images per GPU).  Every rank then holds the same number of
@@ -178,9 +419,25 @@ def rank_share(ids: list[int], half: int, rank: int = 0, world_size: int = 1) ->
     the batch's gated scans and ``L_rsl`` a mean over all its scans.  With one
     process this is the batch itself, in the same order.
     """
-    per = half // world_size
-    lo, hi = rank * per, (rank + 1) * per
-    return ids[:half][lo:hi] + ids[half:][lo:hi]
+    n_gated = half if n_gated is None else n_gated
+    gated, nongated = ids[:n_gated], ids[n_gated:]
+    pg, pn = len(gated) // world_size, len(nongated) // world_size
+    return gated[rank * pg : (rank + 1) * pg] + nongated[rank * pn : (rank + 1) * pn]
+
+
+def check_patch_size(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int]) -> None:
+    """Patches must fit in the crops and keep the network's size multiple."""
+    if cfg.patch_size is None or cfg.model != "spss":
+        return
+    patch_zyx = tuple(cfg.patch_size[::-1])
+    if any(p > c for p, c in zip(patch_zyx, crop_shape_zyx, strict=True)):
+        raise ValueError(
+            f"train.patch_size {list(cfg.patch_size)} (x, y, z) is larger than the crops "
+            f"{list(crop_shape_zyx[::-1])} (crop.model_size)"
+        )
+    multiple = build_model("spss", dict(cfg.model_config)).config.size_multiple
+    if any(p % multiple for p in patch_zyx):
+        raise ValueError(f"train.patch_size {list(cfg.patch_size)} must be multiples of {multiple} (SPSS levels)")
 
 
 def check_world_size(cfg: TrainConfig, world_size: int) -> None:
@@ -336,7 +593,7 @@ def _train(
     env: DistributedEnv,
     device: torch.device,
 ) -> pd.DataFrame:
-    amp = cfg.amp and device.type == "cuda"
+    amp = use_amp(cfg, device)
     main = env.is_main
     index = pd.read_csv(index_csv, keep_default_na=False)
     train_rows = index[index.split == "train"]
@@ -348,6 +605,7 @@ def _train(
     val_scans = load_scans(val_rows, agatston, progress=main)
     gated = [i for i, s in enumerate(train_scans) if s.gated]
     nongated = [i for i, s in enumerate(train_scans) if not s.gated]
+    check_patch_size(cfg, train_scans[0].hu.shape)
 
     torch.manual_seed(cfg.seed)  # initial weights; each epoch reseeds from (seed, epoch)
     core = build_model(cfg.model, dict(cfg.model_config)).to(device)
@@ -357,14 +615,15 @@ def _train(
         # Batch statistics over the whole batch, as one process would see them (CUDA only in torch).
         core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
     loss_cfg = LossConfig(**cfg.loss) if cfg.model == "spss" else None
-    optimizer = torch.optim.SGD(core.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, core.parameters())
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     metrics: list[dict] = []
     start = 0
-    # What a checkpoint must share to be continued: everything but the epoch
-    # count (the schedule depends on the epoch alone) and the device.
-    cfg_json = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("epochs", "device")}, sort_keys=True)
+    # What a checkpoint must share to be continued: everything but the device and,
+    # with SGDR (whose rate depends on the epoch alone), the epoch count.
+    free = ("epochs", "device") if cfg.schedule == "sgdr" else ("device",)
+    cfg_json = json.dumps({k: v for k, v in asdict(cfg).items() if k not in free}, sort_keys=True)
     if ckpt_path.exists():  # every rank reads it: rank 0 writes again only after an epoch all ranks take part in
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if saved.get("config") == cfg_json and saved["epoch"] <= cfg.epochs:
@@ -380,26 +639,28 @@ def _train(
             log.warning("%s: checkpoint %s is from another configuration; training from scratch", name, ckpt_path)
     model = _wrap(core, env, device)
     half = cfg.batch_size // 2
+    steps = cfg.steps_per_epoch or math.ceil(max(len(gated), len(nongated)) / half)
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        lr = learning_rate(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        if cfg.schedule == "sgdr":
+            lr = learning_rate(cfg, epoch)
         # All randomness of an epoch derives from (seed, epoch): resuming replays it exactly.
         seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
         torch.manual_seed(seed)
         generator = torch.Generator(device=device).manual_seed(_rank_seed(cfg, epoch, seed, env.rank))
-        batches = _epoch_batches(gated, nongated, half, np.random.default_rng(seed))  # same order on every rank
+        rng = np.random.default_rng(seed)
+        batches = plan_epoch(train_scans, gated, nongated, half, steps, cfg, rng)  # same plan on every rank
         sums: dict[str, float] = {}
         model.train()
-        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not main)
-        for ids in bar:
-            mine = rank_share(ids, half, env.rank, env.world_size)
-            batch = _batch([train_scans[i] for i in mine], device, amp)
-            loss, parts, _ = _forward(model, cfg, loss_cfg, batch, generator, amp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit="step", leave=False, disable=not main)
+        for step, samples in enumerate(bar):
+            if cfg.schedule == "onecycle":
+                lr = learning_rate(cfg, epoch, step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            mine = rank_share(samples, half, env.rank, env.world_size, n_gated=len(samples) - half)
+            groups = _groups(mine, train_scans, cfg)
+            parts = _train_step(model, cfg, loss_cfg, groups, device, amp, generator, optimizer)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         sums = _mean_over_ranks(sums, device, env)

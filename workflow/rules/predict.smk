@@ -1,6 +1,8 @@
 # Stage "predict" (paper section 4.2): every test scan through one trained
-# experiment; label maps on the crop grid and clinical Agatston per artery
-# (the ConvNet regresses its scores directly). One job per experiment:
+# experiment; the network's maps go back onto each scan's native grid, where
+# the label maps are written and clinical Agatston per artery is scored on the
+# native HU (the ConvNet regresses its scores directly). Reads the native scans
+# named in the crop index (source_image, source_labels). One job per experiment:
 #   snakemake results/predictions/spss_ce/predictions.csv
 
 

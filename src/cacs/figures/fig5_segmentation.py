@@ -131,8 +131,9 @@ def figure5(
             def labels_for(r: int, c: int = col) -> tuple[bool, bool]:
                 return (r == nrows - 1, c == 0)
 
+            # Native scans are wide (a 350 mm chest): every panel of the column zooms on the same calcium.
             ax = axes[0, col]
-            draw_axial(ax, image, z, ref_mask, axis_labels=labels_for(0))
+            draw_axial(ax, image, z, ref_mask, axis_labels=labels_for(0), zoom_mask=union)
             cohort = "gated" if gated else "non-gated"
             ax.set_title(
                 f"{case_id} ({cohort}, rank {rank_name(int(case['ref_rank']))}, slice {z})\n"
@@ -143,7 +144,7 @@ def figure5(
                 _panel_note(ax, "no reference mask (non-gated)" if not gated else "no reference mask")
             for r, (name, row, mask) in enumerate(zip(experiments, rows, pred_masks, strict=True), start=1):
                 ax = axes[r, col]
-                draw_axial(ax, image, z, mask, axis_labels=labels_for(r))
+                draw_axial(ax, image, z, mask, axis_labels=labels_for(r), zoom_mask=union)
                 if row is None:
                     ax.set_title(f"{method_name(name)}: no prediction", fontsize=9.5)
                     continue
@@ -161,7 +162,7 @@ def figure5(
             f"Figure 5. CAC segmentation and CCS prediction on test scans; {caption}\n"
             "rows: reference, "
             + ", ".join(map(method_name, experiments))
-            + "; radiological view, W 800 / L 200 HU; same slice in each column",
+            + "; native scan, radiological view, W 800 / L 200 HU; same slice and zoom in each column",
         )
         return save_figure(fig, out_stem)
 

@@ -1,4 +1,8 @@
-"""Loading crops and label maps for display, and drawing one axial slice.
+"""Loading scans and label maps for display, and drawing one axial slice.
+
+The prediction tables point at the native scan, its reference label map and
+the predicted label map, all on the scan's own grid (cacs.predict scores
+natively); any image with label maps on its grid works, e.g. a model-grid crop.
 
 Orientation: volumes are resampled (by axis permutation/flip only, no
 interpolation) to LPS with SimpleITK's ``DICOMOrient``, so array index x runs
@@ -54,7 +58,7 @@ def _same_grid(a: np.ndarray, ga: Geometry, b: np.ndarray, gb: Geometry) -> bool
 def load_scan(
     image_path: str | os.PathLike[str], label_paths: list[str | os.PathLike[str]] | None = None
 ) -> tuple[Volume, list[Volume]]:
-    """Read a crop and label maps that must lie on its grid.
+    """Read an image (a native scan or a crop) and label maps that must lie on its grid.
 
     ``ValueError`` naming both files when a label map has another shape,
     spacing, origin or direction: an overlay on the wrong grid would put

@@ -20,11 +20,12 @@ a loss is dominated by a few high-calcium cases, and the CVD ranks (0, 1-10, 11-
 101-400, >400) are themselves roughly logarithmic.  :meth:`ConvNetRegressor.scores`
 inverts it: ``expm1(clamp(output, min=0))``, so a score is never negative.
 
-Loss (implemented in :mod:`cacs.losses`, not here): L1 on the log1p targets,
-``mean_k |log1p(y_k) - output_k|`` over the four arteries, i.e. the paper's eq. 5 in
-log space; SmoothL1/Huber with ``beta`` ~ 0.5 on the same targets is the alternative
-if L1 converges slowly.  Regress ``output`` (pre-clamp) against ``log1p(y)``: the
-clamp is for reporting only and would kill the gradient of negative outputs.
+Loss (implemented in :mod:`cacs.losses`, not here): squared error on the log1p
+targets, ``mean_k (log1p(y_k) - output_k)^2`` over the four arteries.  L1 (the
+paper's eq. 5 in log space) was tried first and collapsed to predicting the
+per-artery median, 0, for every scan (:func:`cacs.losses.convnet_loss`).  Regress
+``output`` (pre-clamp) against ``log1p(y)``: the clamp is for reporting only and would
+kill the gradient of negative outputs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from cacs.models.spss import (
 )
 
 __all__ = ["ConvNetConfig", "ConvNetRegressor"]
+
+POOLS = ("avg", "avgmax")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class ConvNetConfig:
     dropout: float = 0.0
     # Dropout before the last linear layer; the paper lists no regulariser beyond
     # weight decay for either model, so none by default (same as SPSS).
+    pool: str = "avg"
+    # Global pooling before the MLP: "avg" (mean of the last feature map), or
+    # "avgmax" (mean and maximum concatenated: the maximum keeps a single small
+    # calcification's response, which the mean over a whole crop dilutes).
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, list):
@@ -88,6 +95,7 @@ class ConvNetConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTS)
         _check_dropout(self.dropout)
+        _check_choice("pool", self.pool, POOLS)
 
     @property
     def min_size(self) -> int:
@@ -128,9 +136,11 @@ class ConvNetRegressor(nn.Module):
                 in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool3d(1)
+        self.max_pool = nn.AdaptiveMaxPool3d(1) if cfg.pool == "avgmax" else None
+        pooled = in_ch * (2 if self.max_pool is not None else 1)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_ch, cfg.hidden),
+            nn.Linear(pooled, cfg.hidden),
             nn.LeakyReLU(0.01) if cfg.act == "leakyrelu" else (nn.ReLU() if cfg.act == "relu" else nn.PReLU()),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, N_ARTERIES),
@@ -151,7 +161,11 @@ class ConvNetRegressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 4] float32 ``log1p(score)`` estimates (not clamped: regress these)."""
         self.check_input(x)
-        return fp32(self.head, self.pool(self.features(x)))
+        features = self.features(x)
+        pooled = self.pool(features)
+        if self.max_pool is not None:
+            pooled = torch.cat([pooled, self.max_pool(features)], dim=1)
+        return fp32(self.head, pooled)
 
     @staticmethod
     def scores(output: torch.Tensor) -> torch.Tensor:

@@ -45,9 +45,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
-        n_patients=24,
+        n_patients=80,
         gated=ScanGrid(matrix=160, fov_mm=200.0, slice_mm=3.0, extent_mm=132.0),
-        nongated=ScanGrid(matrix=192, fov_mm=350.0, slice_mm=5.0, extent_mm=160.0),
+        nongated=ScanGrid(matrix=512, fov_mm=350.0, slice_mm=5.0, extent_mm=160.0),
         segthor=ScanGrid(matrix=128, fov_mm=380.0, slice_mm=3.0, extent_mm=210.0),
         n_segthor_train=12,
         n_segthor_test=3,
