@@ -158,3 +158,20 @@ def test_slurm_plan_for_real_data_without_data_or_network(tmp_path, profile_flag
     assert result.returncode == 0, output[-3000:]
     for rule in ("verify_layout", "ingest_gated", "train_localizer", "train_model", "predict_model", "figures"):
         assert re.search(rf"^{rule}\s+\d+$", output, re.M), rule
+
+
+def test_coca_config_keeps_the_papers_recipe_over_the_default():
+    """A --configfile is merged key by key into config.yaml: coca.yaml must undo every CPU-run departure."""
+    import yaml
+    from snakemake.utils import update_config
+
+    root = Path(__file__).resolve().parents[1]
+    merged = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((root / "config" / "coca.yaml").read_text()))
+    train = merged["train"]
+    assert (train["optimizer"], train["schedule"], train["patch_size"], train["steps_per_epoch"]) == (
+        "sgd", "sgdr", None, None)  # fmt: skip
+    assert (train["momentum"], train["lr"], train["lr_restart"], train["epochs"]) == (0.8, 0.002, 0.001, 200)
+    assert train["noise_hu"] == train["blur_z_vox"] == train["foreground_fraction"] == 0
+    assert merged["models"]["spss"]["channels"] == [16, 32, 64, 128]
+    assert all(e.get("loss", {}).get("nongated_background", 0) == 0 for e in merged["experiments"].values())

@@ -156,8 +156,8 @@ def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
     """bfloat16 autocast + channels_last_3d where the hardware runs bf16 natively.
 
     On CUDA always; on a CPU only with native bf16 (AVX-512 BF16 / AMX), where
-    oneDNN's bf16 kernels made an SPSS step 2.5x faster than fp32 (see
-    ``bench/bench_train.py``); elsewhere bf16 is emulated and slower.
+    oneDNN's bf16 kernels made the default run's SPSS step 2.2x faster than
+    fp32 (``bench/bench_train.py``); elsewhere bf16 is emulated and slower.
     """
     if not cfg.amp:
         return False

@@ -50,8 +50,6 @@ from cacs.models.spss import (
 
 __all__ = ["ConvNetConfig", "ConvNetRegressor"]
 
-POOLS = ("avg", "avgmax")
-
 
 @dataclass(frozen=True)
 class ConvNetConfig:
@@ -77,10 +75,6 @@ class ConvNetConfig:
     dropout: float = 0.0
     # Dropout before the last linear layer; the paper lists no regulariser beyond
     # weight decay for either model, so none by default (same as SPSS).
-    pool: str = "avg"
-    # Global pooling before the MLP: "avg" (mean of the last feature map), or
-    # "avgmax" (mean and maximum concatenated: the maximum keeps a single small
-    # calcification's response, which the mean over a whole crop dilutes).
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, list):
@@ -95,7 +89,6 @@ class ConvNetConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTS)
         _check_dropout(self.dropout)
-        _check_choice("pool", self.pool, POOLS)
 
     @property
     def min_size(self) -> int:
@@ -136,11 +129,9 @@ class ConvNetRegressor(nn.Module):
                 in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.max_pool = nn.AdaptiveMaxPool3d(1) if cfg.pool == "avgmax" else None
-        pooled = in_ch * (2 if self.max_pool is not None else 1)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(pooled, cfg.hidden),
+            nn.Linear(in_ch, cfg.hidden),
             nn.LeakyReLU(0.01) if cfg.act == "leakyrelu" else (nn.ReLU() if cfg.act == "relu" else nn.PReLU()),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, N_ARTERIES),
@@ -161,11 +152,7 @@ class ConvNetRegressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 4] float32 ``log1p(score)`` estimates (not clamped: regress these)."""
         self.check_input(x)
-        features = self.features(x)
-        pooled = self.pool(features)
-        if self.max_pool is not None:
-            pooled = torch.cat([pooled, self.max_pool(features)], dim=1)
-        return fp32(self.head, pooled)
+        return fp32(self.head, self.pool(self.features(x)))
 
     @staticmethod
     def scores(output: torch.Tensor) -> torch.Tensor:
