@@ -14,11 +14,11 @@ import cacs.predict as predict_module
 from cacs import ARTERIES, SCORE_COLUMNS
 from cacs.agatston import AgatstonParams, agatston_scores
 from cacs.cvd import cvd_rank
-from cacs.io.nifti import read_volume
+from cacs.io.nifti import Geometry, read_volume
 from cacs.models import build_model
 from cacs.models.spss import SPSSNet, SPSSOutput
 from cacs.native_scoring import roundtrip_labels
-from cacs.predict import PREDICTION_COLUMNS, TrainedModel, load_trained, predict_experiment, predict_volume
+from cacs.predict import PREDICTION_COLUMNS, TrainedModel, load_trained, predict_experiment, predict_native
 from cacs.train import HU_SCALE
 from tests.test_train import TINY_MODELS, tiny_crops  # noqa: F401  (fixture)
 
@@ -62,7 +62,9 @@ def test_label_map_becomes_clinical_scores_per_artery():
     hu = rng.normal(0, 20, (6, 24, 24)).astype(np.float32)
     hu[2, 5:8, 5:8] = 400  # one lesion, 9 voxels of 1 mm^2 -> weight 4
     hu[4, 10:12, 10:13] = 180  # another, 6 voxels -> weight 1
-    scores, labels = predict_volume(_oracle(3), hu, (1.0, 1.0, 3.0), AgatstonParams())
+    grid = Geometry((1.0, 1.0, 3.0), (0.0, 0.0, 0.0))  # the crop is its own native scan
+    pred = predict_native(_oracle(3), hu, grid, hu, grid, AgatstonParams())
+    scores, labels = pred.scores, pred.labels
     assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 3}
     assert scores["LAD"] == pytest.approx(9 * 4 + 6 * 1)
     assert scores["total"] == scores["LAD"] and scores["LM"] == scores["LCX"] == scores["RCA"] == 0

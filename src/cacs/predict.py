@@ -126,25 +126,6 @@ def _regressed_scores(model: TrainedModel, out: torch.Tensor) -> dict[str, float
     return scores
 
 
-def predict_volume(
-    model: TrainedModel,
-    hu: np.ndarray,
-    spacing: tuple[float, float, float],
-    agatston: AgatstonParams,
-) -> tuple[dict[str, float], np.ndarray | None]:
-    """Scores and label map (uint8 0-4, SPSS only) of one crop *on the model grid*.
-
-    ``hu`` is the (z, y, x) crop in HU as the crop stage wrote it; ``spacing``
-    its (x, y, z) mm.  The pipeline scores natively (:func:`predict_native`);
-    this model-grid score is kept for benchmarks and for comparison.
-    """
-    out = _forward(model, hu)
-    if model.kind == "convnet":
-        return _regressed_scores(model, out), None
-    labels = model.network.predict_labels(out)[0].cpu().numpy().astype(np.uint8)
-    return agatston_scores(np.asarray(hu, dtype=np.float32), labels, spacing, agatston), labels
-
-
 @dataclass
 class NativePrediction:
     """One scan's prediction: scores, and for SPSS-type models the label maps."""

@@ -48,7 +48,7 @@ from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
 from cacs.devices import DistributedEnv, distributed_env, process_group, resolve_device
 from cacs.io.atomic import write_csv, write_torch
 from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
-from cacs.models import build_model
+from cacs.models import build_model, make_config
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,7 @@ def _group_loss(model, cfg: TrainConfig, loss_cfg: LossConfig | None, batch, gen
         out = model(batch["x"])
     share = batch["ref_scores"].shape[0] / n_scans
     if cfg.model == "convnet":
-        pred_log = out.float()
-        abs_err = (pred_log - torch.log1p(batch["ref_scores"].clamp_min(0))).abs().sum()
-        return convnet_loss(pred_log, batch["ref_scores"]) * share, None, abs_err.detach()
+        return convnet_loss(out.float(), batch["ref_scores"]) * share, None, 0.0  # its metric is the loss alone
     net = getattr(model, "module", model)  # the network itself under DistributedDataParallel
     pred = net.scores(out, batch["weight"], batch["voxel_factor"])  # the models return float32 logits
     ssl, parts = semantic_loss(out, batch["labels"], batch["hu"], batch["is_gated"], loss_cfg, generator)
@@ -435,7 +433,7 @@ def check_patch_size(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int]) -> 
             f"train.patch_size {list(cfg.patch_size)} (x, y, z) is larger than the crops "
             f"{list(crop_shape_zyx[::-1])} (crop.model_size)"
         )
-    multiple = build_model("spss", dict(cfg.model_config)).config.size_multiple
+    multiple = make_config("spss", dict(cfg.model_config)).size_multiple
     if any(p % multiple for p in patch_zyx):
         raise ValueError(f"train.patch_size {list(cfg.patch_size)} must be multiples of {multiple} (SPSS levels)")
 
