@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint bench gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ bench: venv
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_evaluate.py
 	$(BIN)/python bench/bench_oracle.py
+	$(BIN)/python bench/bench_infer.py
+
+# On a CUDA machine: the tests marked gpu, then the GPU benchmarks; JSON on stdout and in
+# results/gpu_check.json, within 8 minutes (docs/gpu.md). The venv needs the CUDA build of
+# torch (README, GPU users). Without a GPU: one line saying nothing was run, exit code 0.
+gpu-check: venv
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf results resources .snakemake

@@ -1,4 +1,4 @@
-"""The clinical Agatston score against the test vectors of agatston.md."""
+"""The clinical Agatston score against the test vectors of docs/agatston.md."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _volume(shape: tuple[int, int, int], background: float = 0.0) -> tuple[np.nd
     return np.full(shape, background, dtype=np.float64), np.zeros(shape, dtype=np.uint8)
 
 
-# --- test vectors of agatston.md ---------------------------------------------------------
+# --- test vectors of docs/agatston.md ----------------------------------------------------
 
 
 def test_single_lesion_peak_400_area_8_slice_3mm_scores_32() -> None:

@@ -208,3 +208,21 @@ def test_segthor_gt_on_another_grid_is_excluded(tiny_cohort, tmp_path):
     assert excl.problem.str.contains("differs from the image grid").any()
     assert f"segthor-{case.name}" not in set(table.case_id)
     assert len(table) == 4  # 3 training + 1 test case remain
+
+
+def test_truncated_compressed_slice_is_named_in_the_qc_table(coca_copy, tmp_path):
+    from pydicom.uid import RLELossless
+
+    from tests.test_dicom_study import encode
+
+    files = _series_files(coca_copy, "0")
+    for path in files:
+        encode(path, RLELossless)
+    victim = files[len(files) // 2]
+    victim.write_bytes(victim.read_bytes()[:-300])
+    cases, qc = _ingest("gated", coca_copy, tmp_path)
+    rows = _rows(qc, "gated-0")
+    assert rows[rows.file == str(victim)].problem.str.startswith("truncated file: it ends inside the pixel data "
+                                                                 "(RLE Lossless").any()  # fmt: skip
+    assert (rows.action == "case excluded").any() and "0" not in set(cases.source_id)
+    assert len(cases) == _n_gated(coca_copy) - 1

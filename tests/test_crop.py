@@ -66,10 +66,10 @@ def test_crop_keeps_physical_positions_of_a_phantom():
     assert cgeo.spacing == geo.spacing and cgeo.direction == geo.direction
 
 
-def test_margin_is_axial_only_by_default():
+def test_margins_are_16_mm_axial_and_10_mm_in_z_by_default():
     lo, hi = extend_box(np.zeros(3), np.ones(3), CropParams())
-    np.testing.assert_allclose(lo, [-16, -16, 0])
-    np.testing.assert_allclose(hi, [17, 17, 1])
+    np.testing.assert_allclose(lo, [-16, -16, -10])
+    np.testing.assert_allclose(hi, [17, 17, 11])
 
 
 def test_model_grid_keeps_calcium_where_it_was():

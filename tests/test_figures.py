@@ -30,10 +30,10 @@ from cacs.figures import (
     write_all_figures,
 )
 from cacs.figures.data import reference_table
-from cacs.figures.fig1_cac_examples import choose_pair
+from cacs.figures.fig1_cac_examples import choose_pair, left_main_scan
 from cacs.figures.fig4_kappa import kappa_table
 from cacs.figures.style import data_source_caption, format_scores
-from cacs.figures.volumes import load_scan
+from cacs.figures.volumes import highest_calcium_row, load_scan
 from cacs.io.nifti import Geometry, write_volume
 
 SHAPE = (8, 32, 32)  # (z, y, x)
@@ -353,3 +353,17 @@ def test_bad_data_source_and_cohort(tmp_path):
     assert "synthetic" in data_source_caption("synthetic")
     with pytest.raises(ValueError, match="cohort"):
         figure7(frame, tmp_path / "f7", "local", cohort="both")
+
+
+def test_coronal_panel_shows_the_scan_with_most_left_main_calcium_at_its_top(tmp_path):
+    """Figure 1 (c): the gated scan with most LM calcium, in the coronal row of its most superior calcium."""
+    ref = reference_table(make_predictions(tmp_path, experiments=("spss",)))
+    chosen = left_main_scan(ref)
+    gated = ref[(ref.cohort == "gated") & (ref.ref_labels != "")]
+    assert chosen is not None and chosen["ref_LM"] == gated["ref_LM"].max()
+    mask = np.zeros((6, 8, 8), np.uint8)
+    mask[1, 2, 3] = 3  # a lower lesion in row 2 ...
+    mask[4, 5, 1:3] = 1  # ... and the most superior one, in row 5
+    assert highest_calcium_row(mask) == 5
+    assert highest_calcium_row(np.zeros_like(mask)) is None
+    assert left_main_scan(ref[ref.cohort == "nongated"]) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,6 +99,25 @@ def test_interrupt_and_resume_gives_the_same_weights(tiny_crops, tmp_path, monke
     # More epochs later continue the same run too.
     longer = train_experiment("b", tiny_crops, tmp_path / "b", _cfg("spss", epochs=4))
     assert longer.seconds.iloc[:3].tolist() == metrics.seconds.tolist()
+
+
+def test_a_rerun_on_other_crops_trains_from_scratch(tiny_crops, tmp_path, caplog):
+    """A finished run must not be "resumed" when the crops changed (a new heart box, another guard setting)."""
+    first = train_experiment("a", tiny_crops, tmp_path / "a", _cfg("spss", epochs=2))
+    index = pd.read_csv(tiny_crops, keep_default_na=False)
+    row = index.index[index.split == "train"][0]
+    moved = tmp_path / "moved_image.npy"
+    image = np.load(index.loc[row, "image_npy"])
+    np.save(moved, np.roll(image, 1, axis=2))  # the same scan, cropped one voxel further left
+    index.loc[row, "image_npy"] = str(moved)
+    index.to_csv(tmp_path / "index.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="cacs.train"):
+        again = train_experiment("a", tmp_path / "index.csv", tmp_path / "a", _cfg("spss", epochs=2))
+    assert "trained on other crops" in caplog.text
+    assert again.seconds.tolist() != first.seconds.tolist()  # both epochs ran again
+    assert train_experiment("a", tmp_path / "index.csv", tmp_path / "a", _cfg("spss", epochs=2)).seconds.tolist() == (
+        again.seconds.tolist()
+    )  # the same crops again: resumed (nothing left to run)
 
 
 def test_config_rejects_unknown_keys_and_odd_batches():

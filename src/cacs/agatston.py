@@ -1,6 +1,6 @@
 """Agatston calcium scores: the clinical (hard) score and the paper's differentiable one.
 
-The convention is fixed by ``/work/shared/design/agatston.md``; every choice that
+The convention is fixed by ``docs/agatston.md``; every choice that
 implementations disagree on is a field of :class:`AgatstonParams` so that another
 tool's numbers can be reproduced:
 
@@ -68,7 +68,7 @@ _N_ARTERIES = len(ARTERIES)
 
 @dataclass(frozen=True)
 class AgatstonParams:
-    """Every convention choice of the score, with the project's defaults (agatston.md).
+    """Every convention choice of the score, with the project's defaults (docs/agatston.md).
 
     Attributes:
         threshold_hu: candidate voxels have ``HU >= threshold_hu``.  Exposed because

@@ -19,7 +19,7 @@ log = logging.getLogger("cacs")
 
 
 def _add_agatston_options(p: argparse.ArgumentParser) -> None:
-    """Options mirroring :class:`cacs.agatston.AgatstonParams` (see agatston.md)."""
+    """Options mirroring :class:`cacs.agatston.AgatstonParams` (see docs/agatston.md)."""
     p.add_argument("--threshold-hu", type=float, default=130.0, help="candidate threshold (>=)")
     p.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
     p.add_argument("--min-area-mm2", type=float, default=1.0, help="drop smaller lesions")
@@ -155,6 +155,8 @@ def _cmd_crop(args: argparse.Namespace) -> int:
         model_spacing_mm=tuple(args.model_spacing_mm),
         model_size=tuple(args.model_size),
         fallback_box_mm=tuple(args.fallback_box_mm),
+        guard=args.guard,
+        guard_shell_mm=args.guard_shell_mm,
     )
     crop_all(
         Path(args.cases),
@@ -241,10 +243,13 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--containment", required=True, help="reference calcium kept per gated scan")
     p.add_argument("--qc", required=True, help="fallbacks and calcium losses")
     p.add_argument("--margin-xy-mm", type=float, default=16.0)
-    p.add_argument("--margin-z-mm", type=float, default=0.0)
+    p.add_argument("--margin-z-mm", type=float, default=10.0)
     p.add_argument("--model-spacing-mm", type=float, nargs=3, default=(1.5, 1.5, 3.0), metavar=("X", "Y", "Z"))
     p.add_argument("--model-size", type=int, nargs=3, default=(128, 128, 48), metavar=("X", "Y", "Z"))
     p.add_argument("--fallback-box-mm", type=float, nargs=2, default=(160.0, 160.0), metavar=("X", "Y"))
+    p.add_argument("--guard", choices=("grow", "flag", "off"), default="grow",
+                   help="calcium-like voxels just outside the heart box: grow the box, flag the scan, or off")
+    p.add_argument("--guard-shell-mm", type=float, default=10.0, help="how far outside the box the guard looks")
     p.add_argument("--workers", type=int, default=1)
     _add_agatston_options(p)
     p.set_defaults(func=_cmd_crop)

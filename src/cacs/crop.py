@@ -21,6 +21,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.crop_guard import GUARD_MODES, MAX_GROW_MM, GuardResult, grown_text, guard_box
 from cacs.io.atomic import atomic_path, write_csv
 from cacs.io.nifti import (
     Geometry,
@@ -40,12 +41,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CropParams:
     margin_xy_mm: float = 16.0  # the paper's axial extension
-    margin_z_mm: float = 0.0
+    margin_z_mm: float = 10.0  # not in the paper: the coronary origins lie above the heart label (docs/crops.md)
     model_spacing_mm: tuple[float, float, float] = (1.5, 1.5, 3.0)  # x, y, z
     model_size: tuple[int, int, int] = (128, 128, 48)  # x, y, z
     fallback_box_mm: tuple[float, float] = (160.0, 160.0)  # x, y around the image centre; all of z
+    guard: str = "grow"  # calcium-like voxels just outside the box: grow the box | flag the scan | off
+    guard_shell_mm: float = 10.0  # how far outside the box the guard looks (cacs.crop_guard)
 
     def __post_init__(self) -> None:
+        if self.guard not in GUARD_MODES:
+            raise ValueError(f"crop.guard must be one of {', '.join(GUARD_MODES)}; got {self.guard!r}")
+        if self.guard_shell_mm <= 0:
+            raise ValueError("crop.guard_shell_mm must be > 0 mm")
         if self.margin_xy_mm < 0 or self.margin_z_mm < 0:
             raise ValueError("crop margins must be >= 0 mm")
         if any(s <= 0 for s in self.model_spacing_mm) or any(n < 1 for n in self.model_size):
@@ -153,9 +160,13 @@ CROP_COLUMNS: tuple[str, ...] = (
     "fallback", "crop_lo_x", "crop_lo_y", "crop_lo_z", "crop_hi_x", "crop_hi_y", "crop_hi_z",
     "calcium_voxels_in_crop", "score_in_crop", "calcium_voxels_in_model_grid",
     "spacing_x", "spacing_y", "spacing_z", "LM", "LCX", "LAD", "RCA", "total", "source_image", "source_labels",
+    "cut_candidates", "cut_candidates_after", "box_grown",
 )  # fmt: skip
 """One row per scan.  ``source_image`` / ``source_labels``: the native scan and (gated) reference label
-map the crop was cut from, where prediction scores natively (cacs.predict); ``source_labels`` empty without."""
+map the crop was cut from, where prediction scores natively (cacs.predict); ``source_labels`` empty without.
+``cut_candidates``: calcium-like voxels just outside the heart box + margin (cacs.crop_guard), for every
+scan, masks or not; ``cut_candidates_after``: those outside the final crop; ``box_grown``: faces the guard
+moved out, e.g. ``z+ 9 mm`` (empty: none)."""
 
 
 def containment(
@@ -211,6 +222,12 @@ def crop_case(case: dict, box: dict, out_dir: Path, params: CropParams, agatston
             params,
         )
     start, stop = box_to_index_range(lo, hi, geometry, hu.shape)
+    guard = None
+    if params.guard != "off":
+        guard = guard_box(hu, geometry.spacing, start, stop, agatston.threshold_hu, agatston.min_area_mm2,
+                          params.guard_shell_mm, grow=params.guard == "grow")  # fmt: skip
+        start, stop = guard.start, guard.stop
+        _report_guard(qc, guard, case["image"])
     hu_crop, crop_geo = crop_array(hu, geometry, start, stop)
     crop_lo, crop_hi = image_extent_mm(crop_geo, hu_crop.shape)
     grid = model_grid((crop_lo + crop_hi) / 2, params, geometry.direction)
@@ -240,6 +257,9 @@ def crop_case(case: dict, box: dict, out_dir: Path, params: CropParams, agatston
         "calcium_voxels_in_model_grid": np.nan,
         "source_image": str(case["image"]),
         "source_labels": str(case["labels"]) if labels is not None else "",
+        "cut_candidates": guard.candidates_outside if guard else np.nan,
+        "cut_candidates_after": guard.candidates_after if guard else np.nan,
+        "box_grown": grown_text(guard.grown_mm) if guard else "",
     }
     if labels is not None:
         crop_labels, _ = crop_array(labels, geometry, start, stop)
@@ -257,6 +277,20 @@ def crop_case(case: dict, box: dict, out_dir: Path, params: CropParams, agatston
                 file=case["image"],
             )
     return row, qc.issues
+
+
+def _report_guard(qc: QCLog, guard: GuardResult, image: str) -> None:
+    """A QC row whenever calcium-like voxels lay outside the box: what was done, and what is left."""
+    if not guard.candidates_outside:
+        return
+    if guard.grown_mm and not guard.candidates_after:
+        action = f"box grown ({grown_text(guard.grown_mm)}); all of them now inside the crop"
+    elif guard.grown_mm:
+        action = (f"box grown ({grown_text(guard.grown_mm)}, at most {MAX_GROW_MM:g} mm a face); "
+                  f"{guard.candidates_after} still outside: scores of this scan may be biased low")  # fmt: skip
+    else:
+        action = "flagged, box kept (crop.guard: flag): scores of this scan may be biased low"
+    qc.add(guard.describe(), action, file=image)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -293,8 +327,11 @@ def crop_all(
     overall = _overall_containment(gated)
     write_csv(containment_csv, pd.concat([gated, pd.DataFrame([overall])], ignore_index=True))
     log.info(
-        "crops: %d scans, %d fallback; overall calcium voxels kept %.4f, score kept %.4f",
+        "crops: %d scans, %d fallback; overall calcium voxels kept %.4f, score kept %.4f; "
+        "%d box(es) with calcium-like voxels outside, %d grown, %d still cut",
         len(index), int(index.fallback.sum()), overall["calcium_voxels_in_crop"], overall["score_in_crop"],
+        int((index.cut_candidates > 0).sum()), int((index.box_grown != "").sum()),
+        int((index.cut_candidates_after > 0).sum()),
     )  # fmt: skip
     return index
 

@@ -1,6 +1,6 @@
 """CVD risk ranks from a total Agatston score (the paper's ranks I-V).
 
-I = 0, II = (0, 10], III = (10, 100], IV = (100, 400], V > 400 (agatston.md).
+I = 0, II = (0, 10], III = (10, 100], IV = (100, 400], V > 400 (docs/agatston.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ingest COCA (gated + non-gated) and SegTHOR into NIfTI volumes and case tables.
 
 One code path for real and synthetic data: everything here reads only the
-on-disk formats (data-formats.md).  Per case the work runs in a worker
+on-disk formats (docs/data-formats.md).  Per case the work runs in a worker
 process; each returns its table row (or nothing, when the case is excluded)
 and its QC rows, so no problem is ever dropped silently.
 

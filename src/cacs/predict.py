@@ -4,7 +4,7 @@ Paper section 4.2: "According to the CAC regions predicted by SPSS, we
 further calculate the CCS of per-artery by Agatston score".  So an SPSS-type
 model is *not* scored with its differentiable eq. 1 here: its CAC and
 per-artery maps become a 0-4 label map, and the clinical scorer
-(:func:`cacs.agatston.agatston_scores`, the convention of agatston.md: >= 130
+(:func:`cacs.agatston.agatston_scores`, the convention of docs/agatston.md: >= 130
 HU, per-slice lesions, peak-HU weights, area, slice correction) turns that
 label map and HU into per-artery scores.  The ConvNet baseline has no map: its
 regressed scores are the prediction.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -201,6 +202,23 @@ def load_scans(index: pd.DataFrame, agatston: AgatstonParams, progress: bool = T
             )
         )
     return scans
+
+
+def data_fingerprint(rows: pd.DataFrame) -> str:
+    """SHA-256 of what training reads: the crops' bytes, their cohort, split and reference scores.
+
+    Stored in the checkpoint, so that a rerun on other crops (a new heart box, another
+    guard setting, a regenerated cohort) trains from scratch instead of "resuming" a
+    finished run of other data; the configuration alone cannot tell.
+    """
+    digest = hashlib.sha256()
+    for row in rows.sort_values("case_id").to_dict("records"):
+        digest.update(f"{row['case_id']}|{row['cohort']}|{row['split']}|".encode())
+        digest.update(",".join(f"{float(row[a]):.6g}" for a in ARTERIES).encode())
+        for key in ("image_npy", "labels_npy"):
+            if row.get(key):
+                digest.update(Path(row[key]).read_bytes())
+    return digest.hexdigest()
 
 
 def cut_patch(scan: Scan, origin_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]) -> Scan:
@@ -622,9 +640,13 @@ def _train(
     # with SGDR (whose rate depends on the epoch alone), the epoch count.
     free = ("epochs", "device") if cfg.schedule == "sgdr" else ("device",)
     cfg_json = json.dumps({k: v for k, v in asdict(cfg).items() if k not in free}, sort_keys=True)
+    data = data_fingerprint(pd.concat([train_rows, val_rows]))
     if ckpt_path.exists():  # every rank reads it: rank 0 writes again only after an epoch all ranks take part in
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if saved.get("config") == cfg_json and saved["epoch"] <= cfg.epochs:
+        if saved.get("data") != data:
+            log.warning("%s: checkpoint %s was trained on other crops (%s); training from scratch", name, ckpt_path,
+                        index_csv)  # fmt: skip
+        elif saved.get("config") == cfg_json and saved["epoch"] <= cfg.epochs:
             core.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             metrics, start = saved["metrics"], int(saved["epoch"])
@@ -670,7 +692,8 @@ def _train(
         _check_ranks_agree(core, env, device)
         if main:
             checkpoint = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "metrics": metrics, "config": cfg_json, "world_size": env.world_size}  # fmt: skip
+                          "metrics": metrics, "config": cfg_json, "data": data,
+                          "world_size": env.world_size}  # fmt: skip
             write_torch(ckpt_path, checkpoint)
             write_csv(out_dir / "metrics.csv", pd.DataFrame(metrics))
             log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})

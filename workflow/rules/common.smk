@@ -145,6 +145,8 @@ def crop_flags(cfg):
             f"--model-spacing-mm {_joined(c['model_spacing_mm'])}",
             f"--model-size {_joined(c['model_size'])}",
             f"--fallback-box-mm {_joined(c['fallback_box_mm'])}",
+            f"--guard {c['guard']}",
+            f"--guard-shell-mm {c['guard_shell_mm']}",
         ]
     )
 

@@ -11,7 +11,7 @@ Three steps, each a ``cacs`` subcommand and a Snakemake rule:
   :func:`cacs.acquire.archive.safe_extract`, which refuses entries that could
   write outside the target folder;
 * :func:`cacs.acquire.layout.verify_layout` checks both trees against the
-  layout ingest expects (data-formats.md), naming every missing or broken
+  layout ingest expects (docs/data-formats.md), naming every missing or broken
   file, before any ingest runs.
 
 Both downloads work in a hidden staging folder next to the destination and

@@ -1,7 +1,7 @@
 """Download COCA with azcopy from a shared-access URL held in an environment variable.
 
 COCA is distributed by Stanford AIMI through a time-limited azcopy
-shared-access (SAS) URL (data-formats.md): ``azcopy copy <URL> <dir>
+shared-access (SAS) URL (docs/data-formats.md): ``azcopy copy <URL> <dir>
 --recursive`` puts the container under ``<dir>/<container>/`` with
 ``Gated_release_final/`` and ``deidentified_nongated/`` inside.
 

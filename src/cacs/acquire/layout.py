@@ -7,7 +7,7 @@ shrink the cohort.  This check runs first (rule verify_layout) and fails
 with every problem listed by path, relative to its root, e.g.
 ``Gated_release_final/patient/123: no DICOM files``.
 
-What is checked (data-formats.md), reusing ingest's own discovery
+What is checked (docs/data-formats.md), reusing ingest's own discovery
 (``gated_ids``, ``nongated_ids``, ``segthor_cases``, ``read_score_sheet``),
 so the check and the ingest can never disagree on the layout:
 

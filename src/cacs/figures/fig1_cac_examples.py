@@ -1,7 +1,10 @@
-"""Figure 1: calcium on a gated and a non-gated axial slice, coloured by artery.
+"""Figure 1: calcium on a gated and a non-gated axial slice, coloured by artery, and a coronal view.
 
 COCA has no non-gated masks, so the non-gated panel colours what SPSS
-predicted, and says so; the gated panel shows the reference mask.
+predicted, and says so; the gated panel shows the reference mask.  The third
+panel is a coronal plane of the gated scan through its most superior calcium:
+the heart's base, the aortic root and the coronary origins above the base,
+where a heart box is likeliest to cut (docs/crops.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from cacs.figures.style import (
     save_figure,
     suptitle,
 )
-from cacs.figures.volumes import brightest_slice, draw_axial, load_scan, slice_with_most
+from cacs.figures.volumes import (
+    brightest_slice,
+    draw_axial,
+    draw_coronal,
+    highest_calcium_row,
+    load_scan,
+    slice_with_most,
+)
 from cacs.paper_reference import method_name
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,18 @@ def choose_pair(ref: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None, 
     return g, n, False
 
 
+def left_main_scan(ref: pd.DataFrame) -> pd.Series | None:
+    """The gated scan with a reference mask and the most left-main calcium (else the most calcium).
+
+    The left main leaves the aortic root above the heart's base: its calcium is the
+    first a heart box cuts, so this scan shows what the crop must keep.
+    """
+    gated = ref[(ref["cohort"] == "gated") & (ref["ref_labels"] != "")]
+    if gated.empty:
+        return None
+    return gated.sort_values(["ref_LM", "ref_total", "case_id"], ascending=[False, False, True]).iloc[0]
+
+
 def _empty_panel(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xlabel("x (mm)")
@@ -67,9 +89,10 @@ def figure1(predictions: pd.DataFrame, out_stem: str | os.PathLike[str], data_so
     who = "same patient" if same_patient else "two different patients: no paired scans with calcium"
 
     with figure_style():
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 6.4), constrained_layout=True)
+        fig, axes = plt.subplots(1, 3, figsize=(17.0, 7.0), constrained_layout=True)
         if gated is None:
             _empty_panel(axes[0], "no gated test scan with a reference mask")
+            _empty_panel(axes[2], "no gated test scan with a reference mask")
         else:
             image, (labels,) = load_scan(gated["image"], [gated["ref_labels"]])
             z = slice_with_most(labels.array)
@@ -78,6 +101,17 @@ def figure1(predictions: pd.DataFrame, out_stem: str | os.PathLike[str], data_so
             axes[0].set_title(
                 f"(a) gated CT, reference mask: {gated['case_id']} (slice {z})\n"
                 f"reference: {format_scores(gated, 'ref_')}",
+                fontsize=10,
+            )
+        base = left_main_scan(reference_table(predictions))
+        if base is not None:
+            image, (labels,) = load_scan(base["image"], [base["ref_labels"]])
+            y = highest_calcium_row(labels.array)
+            y = image.array.shape[1] // 2 if y is None else y
+            draw_coronal(axes[2], image, y, labels.array)
+            axes[2].set_title(
+                f"(c) gated CT with most left-main calcium, reference mask:\n{base['case_id']}, coronal row {y} "
+                f"(most superior calcium)\nreference: LM {base['ref_LM']:.1f}, total {base['ref_total']:.1f}",
                 fontsize=10,
             )
         if nongated is None:
@@ -100,9 +134,10 @@ def figure1(predictions: pd.DataFrame, out_stem: str | os.PathLike[str], data_so
         suptitle(
             fig,
             f"Figure 1. Coronary calcium on gated and non-gated test CT ({who}); {caption}\n"
-            "axial slices around the calcium, radiological view (patient right on image left), window W 800 / L 200 HU",
+            "(a, b) axial slices around the calcium, (c) coronal plane; radiological view (patient right on image "
+            "left), window W 800 / L 200 HU",
         )
         return save_figure(fig, out_stem)
 
 
-__all__ = ["choose_pair", "figure1"]
+__all__ = ["choose_pair", "figure1", "left_main_scan"]

@@ -1,4 +1,4 @@
-"""Loading scans and label maps for display, and drawing one axial slice.
+"""Loading scans and label maps for display, and drawing one axial slice or coronal plane.
 
 The prediction tables point at the native scan, its reference label map and
 the predicted label map, all on the scan's own grid (cacs.predict scores
@@ -151,3 +151,46 @@ def draw_axial(
         ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
         ax.text(0.5, 0.98, "A", ha="center", va="top", **style)
         ax.text(0.5, 0.02, "P", ha="center", va="bottom", **style)
+
+
+def highest_calcium_row(mask: np.ndarray) -> int | None:
+    """Coronal row (y index) through the most superior labelled voxels; None when the mask is empty.
+
+    The most superior calcium is where a heart box is likeliest to cut (the coronary
+    origins above the heart's base), so that is the plane a coronal check should show.
+    """
+    kji = np.argwhere(mask)
+    if not len(kji):
+        return None
+    top = kji[kji[:, 0] == kji[:, 0].max()]
+    return int(round(float(top[:, 1].mean())))
+
+
+def draw_coronal(ax: Axes, image: Volume, y: int, labels: np.ndarray | None = None) -> None:
+    """Coronal plane ``y`` (LPS row) in the CT window, superior at the top, in mm at true aspect.
+
+    Radiological convention as in :func:`draw_axial`: patient's right on the viewer's left.
+    """
+    nz, ny, nx = image.array.shape
+    sx, _, sz = image.spacing
+    extent = (0.0, nx * sx, 0.0, nz * sz)  # origin "lower": z index 0 (inferior) at the bottom
+    plane = image.array[:, y, :]
+    ax.imshow(plane, cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], extent=extent, origin="lower",
+              interpolation="bilinear")  # fmt: skip
+    if labels is not None and np.any(labels[:, y, :]):
+        ax.imshow(label_rgba(labels[:, y, :]), extent=extent, origin="lower", interpolation="nearest")
+    ax.set_aspect("equal")
+    if labels is not None and np.any(labels[:, y, :]):
+        # A ZOOM_MM-wide window around the calcium of the plane (the full height: the base and above).
+        cols = np.nonzero(labels[:, y, :])[1]
+        extent_x = nx * sx
+        if extent_x > ZOOM_MM:
+            lo = min(max((cols.mean() + 0.5) * sx - ZOOM_MM / 2, 0.0), extent_x - ZOOM_MM)
+            ax.set_xlim(lo, lo + ZOOM_MM)
+    ax.set_xlabel("x (mm)")
+    ax.set_ylabel("z (mm, from the first slice)")
+    style = {"color": "white", "fontsize": 9, "fontweight": "bold", "transform": ax.transAxes}
+    ax.text(0.02, 0.5, "R", ha="left", va="center", **style)
+    ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
+    ax.text(0.5, 0.98, "S", ha="center", va="top", **style)
+    ax.text(0.5, 0.02, "I", ha="center", va="bottom", **style)

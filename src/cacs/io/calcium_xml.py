@@ -113,6 +113,6 @@ def rasterise_roi(roi: XmlRoi, shape: tuple[int, int]) -> tuple[np.ndarray, np.n
     """Pixel (row, col) indices inside the polygon: rows = y, cols = x, raw float vertices.
 
     This reproduces the annotation tool's own pixel counts; rounding the
-    vertices first does not (data-formats.md).
+    vertices first does not (docs/data-formats.md).
     """
     return draw_polygon(roi.points_px[:, 1], roi.points_px[:, 0], shape=shape)

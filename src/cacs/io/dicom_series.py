@@ -10,18 +10,21 @@ QC row naming the file.
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
+from cacs.io.decode import check_transfer_syntax, decode_pixels, syntax_name, transfer_syntax
 from cacs.io.nifti import Geometry
 from cacs.qc import CaseExcluded, QCLog, Severity
 
 Z_TOL_MM = 1e-3  # positions closer than this are "the same z"
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as stored little endian
 REQUIRED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
 
@@ -55,42 +58,89 @@ def _expected_pixel_bytes(ds: pydicom.Dataset) -> int:
     return int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(ds.SamplesPerPixel) * frames
 
 
-def read_slice(path: Path) -> DicomSlice:
-    """Read one file; raise ``ValueError`` saying what is wrong with it."""
+class UnreadableSlice(ValueError):
+    """A file that is not a usable CT slice; ``series_uid`` is its series when its header could be read.
+
+    Knowing the series of a truncated slice lets ``cacs infer`` report the
+    truncated file itself, not only the gap it leaves in its series.
+    """
+
+    def __init__(self, problem: str, series_uid: str | None = None) -> None:
+        super().__init__(problem)
+        self.series_uid = series_uid
+
+
+def _dcmread(path: Path) -> pydicom.Dataset:
+    """``dcmread`` that turns every failure into a one-line cause (truncation named as such)."""
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+        with warnings.catch_warnings():  # a truncation is reported below as the file's QC row
+            warnings.filterwarnings("ignore", message="End of file reached before delimiter")
+            ds = pydicom.dcmread(path)
+    except zlib.error as exc:
+        raise UnreadableSlice(f"truncated or corrupt file (deflated data stream: {exc})") from exc
+    except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error, ...)
+        raise UnreadableSlice(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds and _PIXEL_DATA_TAG in Path(path).read_bytes():
+        # pydicom drops an encapsulated Pixel Data element cut short by the end of the file, and with it the
+        # data set read so far (it only warns): read the header again for the series this slice belonged to.
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # pydicom raises many types; the cause reported is the truncation
+            header = ds
+        uid = str(getattr(header, "SeriesInstanceUID", "") or "") or None
+        syntax = syntax_name(transfer_syntax(ds))
+        raise UnreadableSlice(f"truncated file: it ends inside the pixel data ({syntax})", uid)
+    return ds
+
+
+def read_slice(path: Path) -> DicomSlice:
+    """Read one file; raise :class:`UnreadableSlice` (a ``ValueError``) saying what is wrong with it."""
+    ds = _dcmread(path)
+    uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
     missing = [t for t in (*REQUIRED, "PixelData") if t not in ds]
     if missing:
-        raise ValueError(f"DICOM file lacks {', '.join(missing)}")
+        raise UnreadableSlice(f"DICOM file lacks {', '.join(missing)} (missing tag)", uid)
     modality = str(getattr(ds, "Modality", "CT"))
     if modality != "CT":
-        raise ValueError(f"not a CT image (Modality {modality!r})")
-    if ds.file_meta.TransferSyntaxUID.is_compressed is False:
+        raise UnreadableSlice(f"not a CT image (Modality {modality!r})", uid)
+    try:
+        check_transfer_syntax(ds)
+    except ValueError as exc:
+        raise UnreadableSlice(str(exc), uid) from exc
+    if not transfer_syntax(ds).is_encapsulated:
         have, want = len(ds.PixelData), _expected_pixel_bytes(ds)
         if have < want:
-            raise ValueError(f"truncated pixel data ({have} of {want} bytes)")
+            raise UnreadableSlice(f"truncated file: pixel data has {have} of {want} bytes", uid)
     try:
         position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
         orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
         spacing = tuple(float(v) for v in ds.PixelSpacing)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"unparseable geometry tags ({exc})") from exc
+        raise UnreadableSlice(f"unparseable geometry tags ({exc})", uid) from exc
     if position.size != 3 or orientation.size != 6 or len(spacing) != 2:
-        raise ValueError("malformed ImagePositionPatient / ImageOrientationPatient / PixelSpacing")
-    uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        raise UnreadableSlice("malformed ImagePositionPatient / ImageOrientationPatient / PixelSpacing", uid)
     return DicomSlice(path, ds, uid, position, orientation, spacing, (int(ds.Rows), int(ds.Columns)))
 
 
-def read_slices(files: list[Path], qc: QCLog) -> list[DicomSlice]:
-    """Read every file; unreadable ones are skipped with a QC row each."""
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file :func:`read_slices` could not use: its path, the cause, and its series UID when known."""
+
+    path: Path
+    problem: str
+    series_uid: str | None
+
+
+def read_slices(files: list[Path], qc: QCLog, skipped: list[SkippedFile] | None = None) -> list[DicomSlice]:
+    """Read every file; unreadable ones are skipped with a QC row each (and appended to ``skipped``)."""
     slices = []
     for path in sorted(files):
         try:
             slices.append(read_slice(path))
         except ValueError as exc:
             qc.add(str(exc), "file skipped", file=path)
+            if skipped is not None:
+                skipped.append(SkippedFile(Path(path), str(exc), getattr(exc, "series_uid", None)))
     return slices
 
 
@@ -116,9 +166,9 @@ def slice_positions(slices: list[DicomSlice]) -> np.ndarray:
 
 def _hu(s: DicomSlice) -> np.ndarray:
     try:
-        raw = s.ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad pixel data
-        raise CaseExcluded(f"cannot decode pixel data ({exc})", str(s.path)) from exc
+        raw = decode_pixels(s.ds)
+    except ValueError as exc:
+        raise CaseExcluded(str(exc), str(s.path)) from exc
     slope = float(getattr(s.ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(s.ds, "RescaleIntercept", 0) or 0)
     return raw.astype(np.float64) * slope + intercept

@@ -1,6 +1,6 @@
 """COCA's non-gated reference scores (``deidentified_nongated/scores.xlsx``).
 
-Quirks handled here (data-formats.md): the key column is ``'filename '``
+Quirks handled here (docs/data-formats.md): the key column is ``'filename '``
 with a trailing space (column names are stripped), ``LCA`` means the left
 main, rows are keyed ``<pid>A``, and ``total`` is rounded and sometimes
 inconsistent with the artery columns (the reference total is the artery sum;

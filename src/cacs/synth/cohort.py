@@ -1,6 +1,6 @@
 """Generate the synthetic cohort: COCA layout + SegTHOR layout + ground truth.
 
-Layout written (identical in form to the real downloads, data-formats.md)::
+Layout written (identical in form to the real downloads, docs/data-formats.md)::
 
     <coca_root>/Gated_release_final/patient/<pid>/<series>/IM-<series#>-<nnnn>.dcm
     <coca_root>/Gated_release_final/calcium_xml/<pid>.xml        (patients with calcium)

@@ -27,7 +27,7 @@ LM, LCX, LAD, RCA = 1, 2, 3, 4
 
 # Peak-HU draws per Agatston weight band (weight 4 is open-ended: log-uniform).
 _BAND_PEAKS: dict[int, tuple[float, float]] = {1: (160, 192), 2: (212, 288), 3: (312, 388), 4: (430, 1100)}
-# COCA's ROI share per weight band (data-formats.md): 25/24/12/38 %.
+# COCA's ROI share per weight band (docs/data-formats.md): 25/24/12/38 %.
 _BAND_P = np.array([0.25, 0.24, 0.12, 0.39])
 
 # Artery paths on the heart ellipsoid, as (azimuth, elevation) waypoints in
@@ -37,10 +37,18 @@ _PATHS: dict[int, list[tuple[float, float]]] = {
     LM: [(200, 46), (222, 40)],
     LAD: [(228, 38), (270, 22), (310, 0), (345, -30)],
     LCX: [(222, 30), (185, 18), (150, 6), (120, -6)],
-    RCA: [(165, 58), (125, 40), (90, 18), (60, -4)],
+    RCA: [(125, 40), (90, 18), (60, -4)],
 }
 EPICARDIAL_OFFSET = 1.08  # paths lie in the epicardial fat just outside the myocardium
 PERICARDIUM_SCALE = 1.16  # outer edge of the epicardial fat (= the heart label's outline)
+# The heart's base: the ventricles and their fat end at this height (a fraction of the
+# pericardial half-height above the centre).  Above it lie the aortic root and the
+# coronary origins, which a heart label (SegTHOR's contouring) does not include.
+BASE_ELEVATION = 0.8
+# Coronary ostia sit on the aortic root this far above the base (mm, uniform): the left
+# main and the proximal RCA run over the base, above the top of the heart label.
+OSTIUM_ABOVE_BASE_MM = (3.0, 10.0)
+OSTIUM_POINTS = 12  # polyline points of the segment from an ostium to the artery's first waypoint
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,11 @@ class Patient:
         return self.heart_center[2] + self.heart_axes[2] + 28.0
 
     @property
+    def z_base(self) -> float:
+        """Top of the heart label: the ventricles' base (see BASE_ELEVATION)."""
+        return self.heart_center[2] + BASE_ELEVATION * PERICARDIUM_SCALE * self.heart_axes[2]
+
+    @property
     def z_diaphragm(self) -> float:
         return self.heart_center[2] - self.heart_axes[2] - 6.0
 
@@ -119,6 +132,12 @@ def make_patient(pid: int, rng: np.random.Generator, z_center: float) -> Patient
         az_i = np.interp(t, np.arange(len(waypoints)), az)
         el_i = np.interp(t, np.arange(len(waypoints)), el)
         p.arteries[label] = np.stack([p.surface_point(a, e) for a, e in zip(az_i, el_i, strict=True)])
+    # The left main and the RCA leave the aortic root above the base and run down onto the heart.
+    for label in (LM, RCA):
+        path = p.arteries[label]
+        ostium = _ostium(p, path[0], float(rng.uniform(*OSTIUM_ABOVE_BASE_MM)))
+        proximal = ostium + np.linspace(0.0, 1.0, OSTIUM_POINTS, endpoint=False)[:, None] * (path[0] - ostium)
+        p.arteries[label] = np.concatenate([proximal, path])
     # Aortic wall calcium: bright, near the heart, never part of the coronary score.
     for _ in range(int(rng.integers(0, 4))):
         use_desc = rng.random() < 0.6
@@ -130,6 +149,18 @@ def make_patient(pid: int, rng: np.random.Generator, z_center: float) -> Patient
             Blob(0, (ax + ar * np.cos(ang), ay + ar * np.sin(ang), z), (r, r, 1.5 * r), rng.uniform(350, 1000))
         )
     return p
+
+
+def _ostium(p: Patient, first: np.ndarray, above_base_mm: float) -> np.ndarray:
+    """Point on the aortic root's wall facing an artery's first waypoint, ``above_base_mm`` over the base.
+
+    Placed just outside the wall (in the periaortic fat), so a plaque at the
+    origin is coronary calcium beside the aortic root, not inside its lumen.
+    """
+    ax, ay, ar = p.aorta_asc
+    direction = np.array([first[0] - ax, first[1] - ay])
+    direction /= max(float(np.linalg.norm(direction)), 1e-6)
+    return np.array([ax + (ar + 2.0) * direction[0], ay + (ar + 2.0) * direction[1], p.z_base + above_base_mm])
 
 
 def _est_score(radius_130: float, peak_hu: float, weight: int) -> float:
@@ -238,9 +269,10 @@ def anatomy_slice(p: Patient, X: np.ndarray, Y: np.ndarray, z: float) -> tuple[n
     v = -st * (X - hx) + ct * (Y - hy)
     # The heart label is the pericardial outline (as in RTOG / SegTHOR contouring):
     # it holds the epicardial fat, where the coronary arteries run.
+    # It ends at the base: above it only the aortic root and the coronary origins.
     for scale, value in ((PERICARDIUM_SCALE, -75.0), (1.0, 42.0)):
         k = 1.0 - ((z - hz) / (c * scale)) ** 2
-        if k > 0:
+        if k > 0 and z <= p.z_base:
             inside = (u / (a * scale)) ** 2 + (v / (b * scale)) ** 2 <= k
             hu[inside] = value
             organ[inside] = 2
