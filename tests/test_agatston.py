@@ -11,7 +11,6 @@ import pytest
 from cacs import SCORE_COLUMNS
 from cacs.agatston import (
     AgatstonParams,
-    _find_lesions,
     agatston_scores,
     agatston_weight,
     lesion_table,
@@ -19,6 +18,7 @@ from cacs.agatston import (
     slice_correction_factor,
     voxel_score_factor,
 )
+from cacs.agatston.lesions import find_lesions
 from cacs.cli import main
 from cacs.cvd import cvd_rank
 from cacs.io.nifti import Geometry, write_volume
@@ -333,8 +333,8 @@ def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_dense_and_sparse_labelling_agree(dim: str, connectivity: int) -> None:
     hu, lab = _random_case(1)
     params = AgatstonParams(lesion_dim=dim, connectivity=connectivity)
-    dense = _find_lesions(hu, lab, params, method="dense")
-    sparse = _find_lesions(hu, lab, params, method="sparse")
+    dense = find_lesions(hu, lab, params, method="dense")
+    sparse = find_lesions(hu, lab, params, method="sparse")
     assert len(dense.n_voxels) > 20
 
     def key(lesions):  # component numbering differs; compare as sorted records
