@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 RANK_NAMES: tuple[str, ...] = ("I", "II", "III", "IV", "V")
+RANKS: tuple[int, ...] = tuple(range(1, len(RANK_NAMES) + 1))
+"""The rank values 1..5 that :func:`cvd_rank` returns (I..V), as tables store them."""
 RANK_UPPER_EDGES: tuple[float, ...] = (0.0, 10.0, 100.0, 400.0)
 """Inclusive upper edge of ranks I-IV; anything above the last edge is rank V."""
 

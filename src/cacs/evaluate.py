@@ -35,106 +35,37 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from cacs import SCORE_COLUMNS
-from cacs.paper_reference import BLAND_ALTMAN_LIMITS, KAPPA, TABLE1, TABLE1_ORDER, method_name
-from cacs.prediction_table import CONTRACT_COLUMNS, PRED_COLUMNS, REF_COLUMNS
+from cacs.cvd import RANK_NAMES, RANKS
+from cacs.io.atomic import write_json
+from cacs.paper_reference import BLAND_ALTMAN_LIMITS, KAPPA, TABLE1, experiment_order, method_name
+from cacs.prediction_table import (
+    COHORTS,
+    CONTRACT_COLUMNS,
+    PRED_COLUMNS,
+    REF_COLUMNS,
+    load_predictions,
+    validate_predictions,
+)
+from cacs.tables import write_tables
 
 log = logging.getLogger(__name__)
 
-RANKS: tuple[int, ...] = (1, 2, 3, 4, 5)
-RANK_LABELS: tuple[str, ...] = ("I", "II", "III", "IV", "V")
-COHORTS: tuple[str, ...] = ("gated", "nongated")
+RANK_LABELS: tuple[str, ...] = RANK_NAMES
+"""Labels of the confusion matrix rows and columns in metrics.json (ranks I..V)."""
 DATA_SOURCES: tuple[str, ...] = ("synthetic", "local", "download")
 """Accepted ``data_source`` values (the config's ``data.source``); only "synthetic" is not real COCA."""
 
 REQUIRED_COLUMNS: tuple[str, ...] = CONTRACT_COLUMNS
-"""The prediction contract's columns (``cacs predict`` adds more, ``ref_grid_*`` and ``ref_roundtrip_*``; kept)."""
+"""The prediction contract's columns (``cacs predict`` adds more, ``ref_grid_*`` and ``ref_roundtrip_*``; kept).
+
+The contract, its loader (:func:`load_predictions`) and checks (:func:`validate_predictions`)
+live in :mod:`cacs.prediction_table`, shared with the figures; they are imported here so
+``from cacs.evaluate import load_predictions`` keeps working."""
 
 BA_SD_LIMIT = 1.96
 """Bland-Altman limits of agreement are bias +- 1.96 SD (the paper's Figure 6)."""
 
 CI_PERCENTILES: tuple[float, float] = (2.5, 97.5)
-
-
-# --------------------------------------------------------------------------------------------- input
-
-
-def validate_predictions(frame: pd.DataFrame, source: str = "predictions frame") -> pd.DataFrame:
-    """Check a predictions frame against the contract; return a normalised copy.
-
-    ``source`` names the file (or frame) in every error so the CLI's one-line
-    message says which table is wrong.  Scores must be finite and >= 0, ranks
-    integers 1..5, the cohort gated/nongated, and (experiment, case_id) unique.
-    """
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{source}: predictions lack column(s) {missing}")
-    frame = frame.copy()
-    for column in ("case_id", "patient_id", "cohort", "split", "experiment", "model"):
-        if frame[column].isna().any():
-            raise ValueError(f"{source}: column {column!r} has empty cells")
-        frame[column] = frame[column].astype(str)
-    for column in ("image", "ref_labels", "label_map"):
-        # empty cells (non-gated ref_labels, convnet label_map) read as NaN: make them ""
-        frame[column] = frame[column].astype(object).fillna("").astype(str)
-    bad = sorted(set(frame["cohort"]) - set(COHORTS))
-    if bad:
-        raise ValueError(f"{source}: cohort must be 'gated' or 'nongated', got {bad}")
-    for column in (*REF_COLUMNS, *PRED_COLUMNS):
-        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
-        bad_rows = ~np.isfinite(values.to_numpy()) | (values.to_numpy() < 0)
-        if bad_rows.any():
-            cases = frame.loc[bad_rows, "case_id"].head(5).tolist()
-            raise ValueError(f"{source}: column {column!r} must hold finite scores >= 0 (bad in cases {cases})")
-        frame[column] = values
-    for column in ("ref_rank", "pred_rank"):
-        values = pd.to_numeric(frame[column], errors="coerce").astype(float).to_numpy()
-        bad_rows = ~np.isin(values, RANKS)
-        if bad_rows.any():
-            cases = frame.loc[bad_rows, "case_id"].head(5).tolist()
-            raise ValueError(f"{source}: column {column!r} must hold CVD ranks 1..5 (bad in cases {cases})")
-        frame[column] = values.astype(int)
-    dup = frame.duplicated(["experiment", "case_id"], keep=False)
-    if dup.any():
-        pairs = sorted(set(zip(frame.loc[dup, "experiment"], frame.loc[dup, "case_id"], strict=True)))[:5]
-        raise ValueError(f"{source}: duplicate (experiment, case_id) rows {pairs}")
-    models = frame.groupby("experiment")["model"].nunique()
-    if (models > 1).any():
-        raise ValueError(f"{source}: experiment(s) {models[models > 1].index.tolist()} have more than one model")
-    return frame
-
-
-def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Concatenate the experiments' prediction CSVs into one validated frame.
-
-    Each file is validated on its own (errors name it); then the union is
-    checked again, so the same (experiment, case_id) in two files is an error
-    that names both files.
-    """
-    if not paths:
-        raise ValueError("no prediction tables given")
-    frames = []
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such prediction table (run cacs predict first)")
-        try:
-            raw = pd.read_csv(path, dtype={"case_id": str, "patient_id": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
-        frame = validate_predictions(raw, str(path))
-        frame["_source"] = str(path)
-        frames.append(frame)
-    preds = pd.concat(frames, ignore_index=True)
-    dup = preds.duplicated(["experiment", "case_id"], keep=False)
-    if dup.any():
-        files = sorted(set(preds.loc[dup, "_source"]))
-        pairs = sorted(set(zip(preds.loc[dup, "experiment"], preds.loc[dup, "case_id"], strict=True)))
-        raise ValueError(f"{', '.join(files)}: the same (experiment, case_id) in more than one prediction table, "
-                         f"e.g. {pairs[:5]}")
-    models = preds.groupby("experiment")["model"].nunique()
-    if (models > 1).any():
-        raise ValueError(f"experiment(s) {models[models > 1].index.tolist()} have more than one model across files")
-    return preds.drop(columns="_source")
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -388,12 +319,6 @@ def _cohort_metrics(
     }, cis["undefined"]
 
 
-def experiment_order(experiments: Iterable[str]) -> list[str]:
-    """The paper's Table 1 order for the experiments it has, then the others alphabetically."""
-    names = set(experiments)
-    return [e for e in TABLE1_ORDER if e in names] + sorted(names - set(TABLE1_ORDER))
-
-
 def paper_block() -> dict[str, Any]:
     """The paper's reported numbers (``cacs.paper_reference``) as plain JSON (tuples -> lists)."""
     return {
@@ -471,9 +396,6 @@ def run_evaluate(
     Every file is written atomically; metrics.json last, so its presence
     means the tables beside it are complete.  Returns the metrics dict.
     """
-    from cacs.io.atomic import write_json
-    from cacs.tables import write_tables
-
     check_data_source(data_source)
     start = time.perf_counter()
     preds = load_predictions(prediction_csvs)

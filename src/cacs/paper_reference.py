@@ -1,7 +1,8 @@
 """The paper's reported numbers and the display names of its methods.
 
 Everything here is transcribed from the SPSS paper (ICCV 2023 workshop,
-``shared/paper/spss-paper.md``): Table 1 (mean error +- SD per artery, COCA
+*Combating Coronary Calcium Scoring Bias for Non-gated CT by Semantic
+Learning on Gated CT*): Table 1 (mean error +- SD per artery, COCA
 test set) and the Cohen's kappas quoted in the text.  These numbers are
 *reported*, not recomputed: SE-ResNeXt (Eng et al.) is not retrained because
 its non-gated training masks are private, so our tables show its published
@@ -10,6 +11,8 @@ paper prints "/").
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from cacs import SCORE_COLUMNS
 
@@ -110,3 +113,14 @@ TEST_SET_SIZE: dict[str, int] = {"gated": 89, "nongated": 63}
 def method_name(experiment: str) -> str:
     """The paper's name of an experiment (its own name when the paper has none)."""
     return METHOD_NAMES.get(experiment, experiment)
+
+
+def experiment_order(experiments: Iterable[str]) -> list[str]:
+    """The paper's Table 1 order for the experiments it has, then the others alphabetically.
+
+    Lives beside :data:`TABLE1_ORDER` so that metrics.json (:mod:`cacs.evaluate`)
+    and the rendered tables (:mod:`cacs.tables`) order experiments the same way
+    without importing each other.
+    """
+    names = set(experiments)
+    return [e for e in TABLE1_ORDER if e in names] + sorted(names - set(TABLE1_ORDER))

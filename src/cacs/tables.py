@@ -29,9 +29,9 @@ from typing import Any
 import pandas as pd
 
 from cacs import SCORE_COLUMNS
-from cacs.evaluate import COHORTS, experiment_order
 from cacs.io.atomic import write_csv, write_text
-from cacs.paper_reference import REPORTED_ONLY, method_name
+from cacs.paper_reference import REPORTED_ONLY, experiment_order, method_name
+from cacs.prediction_table import COHORTS
 
 COHORT_NAMES: dict[str, str] = {"gated": "Gated CT", "nongated": "Non-gated CT"}
 SCORE_HEADERS: dict[str, str] = {"LM": "LM", "LCX": "LCX", "LAD": "LAD", "RCA": "RCA", "total": "Total"}

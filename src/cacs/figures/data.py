@@ -1,20 +1,34 @@
-"""Reading the prediction tables and choosing which experiments a figure shows.
+"""Checking prediction frames for the figures and choosing which experiments a figure shows.
 
 The figures consume the prediction contract (one CSV per experiment, one row
-per test scan); this module is the one place that knows its columns, so a
-malformed table fails here with the file's name instead of deep inside a plot.
+per test scan).  Files are read by :func:`cacs.prediction_table.load_predictions`,
+the loader ``cacs evaluate`` uses too (re-exported here), so a malformed table
+fails with the file's name instead of deep inside a plot.  Frames passed in
+memory are checked by :func:`check_predictions`, which needs only the columns
+the figures read.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pandas as pd
 
-from cacs.prediction_table import PATH_COLUMNS, PRED_COLUMNS, REF_COLUMNS
+from cacs.prediction_table import COHORTS, PATH_COLUMNS, PRED_COLUMNS, REF_COLUMNS, load_predictions
+
+__all__ = [
+    "COHORT_WORDS",
+    "PAPER_ORDER",
+    "REQUIRED_COLUMNS",
+    "check_predictions",
+    "cohort_words",
+    "experiment_row",
+    "load_predictions",
+    "ordered_experiments",
+    "reference_table",
+    "spss_experiment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +60,7 @@ def _normalise(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for column in ("case_id", "patient_id", "cohort", "experiment", "model", *PATH_COLUMNS):
         # Empty cells (non-gated ref_labels, convnet label_map) read as NaN: make them "".
         frame[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
-    bad = sorted(set(frame["cohort"]) - {"gated", "nongated"})
+    bad = sorted(set(frame["cohort"]) - set(COHORTS))
     if bad:
         raise ValueError(f"{source}: cohort must be 'gated' or 'nongated', got {bad}")
     return frame
@@ -55,22 +69,6 @@ def _normalise(frame: pd.DataFrame, source: str) -> pd.DataFrame:
 def check_predictions(frame: pd.DataFrame, source: str = "predictions frame") -> pd.DataFrame:
     """Validate a predictions frame passed in memory; returns a normalised copy."""
     return _normalise(frame, source)
-
-
-def load_predictions(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Concatenate prediction CSVs (one per experiment); ``FileNotFoundError`` naming a missing one."""
-    frames = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: predictions file not found")
-        try:
-            frame = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read predictions CSV ({exc})") from exc
-        frames.append(_normalise(frame, str(path)))
-    if not frames:
-        raise ValueError("no predictions CSV given")
-    return pd.concat(frames, ignore_index=True)
 
 
 def ordered_experiments(frame: pd.DataFrame, expected: Sequence[str] = PAPER_ORDER) -> list[str]:

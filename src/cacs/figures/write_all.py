@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cacs.figures.data import load_predictions
 from cacs.figures.fig1_cac_examples import figure1
 from cacs.figures.fig3_convergence import figure3
 from cacs.figures.fig4_kappa import figure4
@@ -18,6 +17,7 @@ from cacs.figures.fig5_segmentation import figure5
 from cacs.figures.fig6_bland_altman import figure6
 from cacs.figures.fig7_confusion import figure7
 from cacs.figures.style import data_source_caption
+from cacs.prediction_table import load_predictions
 
 log = logging.getLogger(__name__)
 
