@@ -5,6 +5,7 @@ captions, atomic PNG + PDF saving).  Importing this package selects
 matplotlib's ``Agg`` backend: figures are drawn without a screen.
 """
 
+from cacs.figure_names import FIGURE_STEMS
 from cacs.figures.fig1_cac_examples import figure1
 from cacs.figures.fig3_convergence import figure3
 from cacs.figures.fig4_kappa import figure4
@@ -12,7 +13,7 @@ from cacs.figures.fig5_segmentation import figure5, select_examples
 from cacs.figures.fig6_bland_altman import figure6
 from cacs.figures.fig7_confusion import figure7
 from cacs.figures.style import LABEL_CMAP, label_rgba
-from cacs.figures.write_all import FIGURE_STEMS, read_metrics, write_all_figures
+from cacs.figures.write_all import read_metrics, write_all_figures
 from cacs.prediction_table import load_predictions
 
 __all__ = [

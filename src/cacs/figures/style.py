@@ -27,6 +27,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from cacs import ARTERIES  # noqa: E402
+from cacs.figure_names import FIGURE_EXTENSIONS  # noqa: E402
 from cacs.io.atomic import atomic_path  # noqa: E402
 
 # PDF font subsetting logs every glyph at INFO; the CLI runs at INFO, so keep it quiet.
@@ -158,7 +159,8 @@ def save_figure(fig: Figure, out_stem: str | os.PathLike[str]) -> list[Path]:
     out_stem = Path(out_stem)
     written: list[Path] = []
     try:
-        for fmt in ("png", "pdf"):
+        for ext in FIGURE_EXTENSIONS:
+            fmt = ext.removeprefix(".")
             dest = out_stem.parent / f"{out_stem.name}.{fmt}"
             with atomic_path(dest, suffix=f".{fmt}") as tmp:
                 fig.savefig(tmp, format=fmt, dpi=DPI)

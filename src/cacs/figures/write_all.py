@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cacs.figure_names import FIGURE_STEMS
 from cacs.figures.fig1_cac_examples import figure1
 from cacs.figures.fig3_convergence import figure3
 from cacs.figures.fig4_kappa import figure4
@@ -20,16 +21,6 @@ from cacs.figures.style import data_source_caption
 from cacs.prediction_table import load_predictions
 
 log = logging.getLogger(__name__)
-
-FIGURE_STEMS: tuple[str, ...] = (
-    "figure1_cac_examples",
-    "figure3_convergence",
-    "figure4_kappa",
-    "figure5_segmentation",
-    "figure6_bland_altman",
-    "figure7_confusion",
-)
-"""File stems under the output folder; each is written as ``.png`` and ``.pdf``."""
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
