@@ -22,10 +22,12 @@ run: venv
 
 test: venv
 	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/snakemake --lint
 
 bench: venv

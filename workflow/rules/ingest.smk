@@ -11,16 +11,16 @@ rule ingest_gated:
         table=f"{INGEST}/gated.csv",
         qc=f"{INGEST}/qc_gated.csv",
         volumes=directory(f"{INGEST}/gated"),
-    params:
-        flags=ingest_flags(config, "gated"),
-        agatston=agatston_flags(config),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_gated.log",
     benchmark:
         f"{BENCH}/ingest_gated.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        flags=ingest_flags(config, "gated"),
+        agatston=agatston_flags(config),
     shell:
         "cacs ingest gated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
@@ -37,15 +37,15 @@ rule ingest_nongated:
         table=f"{INGEST}/nongated.csv",
         qc=f"{INGEST}/qc_nongated.csv",
         volumes=directory(f"{INGEST}/nongated"),
-    params:
-        flags=ingest_flags(config, "nongated"),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_nongated.log",
     benchmark:
         f"{BENCH}/ingest_nongated.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        flags=ingest_flags(config, "nongated"),
     shell:
         "cacs ingest nongated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
@@ -62,15 +62,15 @@ rule ingest_segthor:
         table=f"{INGEST}/segthor.csv",
         qc=f"{INGEST}/qc_segthor.csv",
         volumes=directory(f"{INGEST}/segthor"),
-    params:
-        flags=ingest_flags(config, "segthor"),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_segthor.log",
     benchmark:
         f"{BENCH}/ingest_segthor.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        flags=ingest_flags(config, "segthor"),
     shell:
         "cacs ingest segthor --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"

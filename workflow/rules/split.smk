@@ -7,15 +7,15 @@ rule split:
         cases=f"{INGEST}/cases.csv",
     output:
         cases=f"{SPLIT}/cases.csv",
+    log:
+        f"{LOGS}/split.log",
+    conda:
+        DATA_ENV
     params:
         train=config["split"]["train"],
         val=config["split"]["val"],
         test=config["split"]["test"],
         seed=config["split"]["seed"],
-    log:
-        f"{LOGS}/split.log",
-    conda:
-        DATA_ENV
     shell:
         "cacs split --cases {input.cases} --out {output.cases}"
         " --train {params.train} --val {params.val} --test {params.test} --seed {params.seed}"

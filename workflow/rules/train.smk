@@ -10,23 +10,23 @@ rule train_model:
     output:
         model=f"{MODELS}/{{experiment}}/model.pt",
         metrics=f"{MODELS}/{{experiment}}/metrics.csv",
+    log:
+        f"{LOGS}/train_model/{{experiment}}.log",
+    benchmark:
+        f"{BENCH}/train_model/{{experiment}}.tsv"
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
+    conda:
+        TORCH_ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
     params:
         cfg=lambda w: experiment_json(config, w.experiment),
         out_dir=lambda w, output: os.path.dirname(output.model),
         agatston=agatston_flags(config),
         launcher=train_launcher(config),
         require_gpu=require_gpu_flag(config["train"]),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=config["train"]["gpus"],
-    log:
-        f"{LOGS}/train_model/{{experiment}}.log",
-    benchmark:
-        f"{BENCH}/train_model/{{experiment}}.tsv"
-    conda:
-        TORCH_ENV
     shell:
         "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
         " --config-json '{params.cfg}' --threads {threads} {params.agatston} {params.require_gpu}"
