@@ -48,11 +48,12 @@ if SYNTHETIC:
             DATA_ENV
         threads: config["synthetic"]["workers"]
         params:
+            cacs=cacs_command,
             preset=config["synthetic"]["preset"],
             seed=config["synthetic"]["seed"],
             extra=synth_flags(config),
         shell:
-            "cacs synth --preset {params.preset} --seed {params.seed} {params.extra}"
+            "{params.cacs} synth --preset {params.preset} --seed {params.seed} {params.extra}"
             " --workers {threads}"
             " --coca-root {output.coca} --segthor-root {output.segthor} --truth-dir {output.truth}"
             " > {log} 2>&1"
@@ -72,11 +73,12 @@ if DOWNLOAD:
         conda:
             DATA_ENV
         params:
+            cacs=cacs_command,
             dest=COCA_ROOT,
             sas_env=_dl["coca_sas_env"],
             azcopy=_dl["azcopy"],
         shell:
-            "cacs download-coca --dest {params.dest:q} --sas-env {params.sas_env}"
+            "{params.cacs} download-coca --dest {params.dest:q} --sas-env {params.sas_env}"
             " --azcopy {params.azcopy:q} --stamp {output.stamp} > {log} 2>&1"
 
 
@@ -91,11 +93,12 @@ if DOWNLOAD_SEGTHOR:
         conda:
             DATA_ENV
         params:
+            cacs=cacs_command,
             dest=SEGTHOR_ROOT,
             archives=SEGTHOR_ARCHIVES,
             sha256=f"--sha256 {' '.join(SEGTHOR_SHA256)}" if SEGTHOR_SHA256 else "",
         shell:
-            "cacs download-segthor --dest {params.dest:q} --archive {params.archives:q} {params.sha256}"
+            "{params.cacs} download-segthor --dest {params.dest:q} --archive {params.archives:q} {params.sha256}"
             " --stamp {output.stamp} > {log} 2>&1"
 
 
@@ -111,10 +114,11 @@ checkpoint verify_layout:
     conda:
         DATA_ENV
     params:
+        cacs=cacs_command,
         # The generated trees when synthetic (they are the inputs), else the configured roots.
         coca=lambda wc, input: input.coca if SYNTHETIC else COCA_ROOT,
         segthor=lambda wc, input: input.segthor if SYNTHETIC else SEGTHOR_ROOT,
         flags=VERIFY_FLAGS,
     shell:
-        "cacs verify-layout --coca-root {params.coca:q} --segthor-root {params.segthor:q}"
+        "{params.cacs} verify-layout --coca-root {params.coca:q} --segthor-root {params.segthor:q}"
         " --report {output.report} {params.flags} > {log} 2>&1"

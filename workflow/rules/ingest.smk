@@ -19,10 +19,11 @@ rule ingest_gated:
         DATA_ENV
     threads: config["ingest"]["workers"]
     params:
+        cacs=cacs_command,
         flags=ingest_flags(config, "gated"),
         agatston=agatston_flags(config),
     shell:
-        "cacs ingest gated --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest gated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags} {params.agatston}"
         " > {log} 2>&1"
@@ -45,9 +46,10 @@ rule ingest_nongated:
         DATA_ENV
     threads: config["ingest"]["workers"]
     params:
+        cacs=cacs_command,
         flags=ingest_flags(config, "nongated"),
     shell:
-        "cacs ingest nongated --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest nongated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags}"
         " > {log} 2>&1"
@@ -70,9 +72,10 @@ rule ingest_segthor:
         DATA_ENV
     threads: config["ingest"]["workers"]
     params:
+        cacs=cacs_command,
         flags=ingest_flags(config, "segthor"),
     shell:
-        "cacs ingest segthor --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest segthor --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags}"
         " > {log} 2>&1"
@@ -92,8 +95,10 @@ rule collect_cases:
         f"{LOGS}/collect_cases.log",
     conda:
         DATA_ENV
+    params:
+        cacs=cacs_command,
     shell:
-        "cacs collect --tables {input.gated} {input.nongated}"
+        "{params.cacs} collect --tables {input.gated} {input.nongated}"
         " --qc {input.qc_gated} {input.qc_nongated} {input.qc_segthor}"
         " --cases {output.cases} --qc-out {output.qc}"
         " > {log} 2>&1"

@@ -19,10 +19,11 @@ rule train_localizer:
     resources:
         gpu=config["localizer"]["gpus"],
     params:
+        cacs=cacs_command,
         flags=localizer_flags(config),
         out_dir=lambda w, output: os.path.dirname(output.model),
     shell:
-        "cacs train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags} > {log} 2>&1"
+        "{params.cacs} train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags} > {log} 2>&1"
 
 
 rule predict_heart:
@@ -41,12 +42,13 @@ rule predict_heart:
     resources:
         gpu=config["localizer"]["gpus"],
     params:
+        cacs=cacs_command,
         min_ml=config["localizer"]["min_heart_ml"],
         max_ml=config["localizer"]["max_heart_ml"],
         device=config["localizer"]["device"],
         require_gpu=require_gpu_flag(config["localizer"]),
     shell:
-        "cacs predict-heart --cases {input.cases} --model {input.model}"
+        "{params.cacs} predict-heart --cases {input.cases} --model {input.model}"
         " --out-dir {output.boxes} --table {output.table}"
         " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device} {params.require_gpu}"
         " > {log} 2>&1"
@@ -69,10 +71,11 @@ rule crop:
         TORCH_ENV
     threads: config["crop"]["workers"]
     params:
+        cacs=cacs_command,
         flags=crop_flags(config),
         agatston=agatston_flags(config),
     shell:
-        "cacs crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
+        "{params.cacs} crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
         " --index {output.index} --qc {output.qc} --containment {output.containment}"
         " --workers {threads} {params.flags} {params.agatston}"
         " > {log} 2>&1"

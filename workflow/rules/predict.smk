@@ -25,11 +25,12 @@ rule predict_model:
     resources:
         gpu=min(config["train"]["gpus"], 1),
     params:
+        cacs=cacs_command,
         device=config["train"]["device"],
         require_gpu=require_gpu_flag(config["train"]),
         agatston=agatston_flags(config),
     shell:
-        "cacs predict --model {input.model} --index {input.index}"
+        "{params.cacs} predict --model {input.model} --index {input.index}"
         " --labels-dir {output.labels} --table {output.table}"
         " --device {params.device} {params.require_gpu} --threads {threads} {params.agatston}"
         " > {log} 2>&1"

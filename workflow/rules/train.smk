@@ -1,7 +1,10 @@
 # Stage "train" (paper sections 3.3-3.5, 4.1): one job per experiment of the
 # config (SPSS, its ablations, the ConvNet baseline), each rerunnable alone:
 #   snakemake results/models/spss_ce/model.pt
-# train.gpus > 1 starts one DDP process per GPU through torchrun (train_launcher).
+# train.gpus > 1 starts one DDP process per GPU through torchrun (train_launcher in common.smk).
+
+# A batch the GPUs cannot share stops the planning here, before any job waits for its GPUs.
+train_launcher(config)
 
 
 rule train_model:
@@ -25,7 +28,7 @@ rule train_model:
         cfg=lambda w: experiment_json(config, w.experiment),
         out_dir=lambda w, output: os.path.dirname(output.model),
         agatston=agatston_flags(config),
-        launcher=train_launcher(config),
+        launcher=train_command,
         require_gpu=require_gpu_flag(config["train"]),
     shell:
         "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
