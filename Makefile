@@ -12,7 +12,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# CPU build of torch (on disk on these machines); GPU users: see README.
+	# CPU build of torch (on disk on these machines); GPU users: see docs/gpu.md.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
@@ -22,10 +22,12 @@ run: venv
 
 test: venv
 	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/snakemake --lint
 
 bench: venv
@@ -39,7 +41,7 @@ bench: venv
 
 # On a CUDA machine: the tests marked gpu, then the GPU benchmarks; JSON on stdout and in
 # results/gpu_check.json, within 8 minutes (docs/gpu.md). The venv needs the CUDA build of
-# torch (README, GPU users). Without a GPU: one line saying nothing was run, exit code 0.
+# torch (docs/gpu.md, GPU users). Without a GPU: one line saying nothing was run, exit code 0.
 gpu-check: venv
 	$(BIN)/python bench/gpu_check.py
 

@@ -57,4 +57,3 @@ rule all:
 
 onsuccess:
     write_report(config)
-

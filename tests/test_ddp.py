@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,8 @@ def test_two_gloo_ranks_train_like_one_process(crops, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- the rule's launcher
 
+LAUNCHER = str(ROOT / "workflow" / "bin" / "cacs")
+
 
 def _dry_run(tmp_path: Path, train: str) -> subprocess.CompletedProcess:
     over = tmp_path / "over.yaml"
@@ -238,13 +241,18 @@ def _train_command(tmp_path: Path, gpus: int) -> str:
 
 @pytest.mark.parametrize(
     ("gpus", "launcher"),
-    [(2, "torchrun --standalone --nproc_per_node 2 -m cacs train "), (1, "cacs train "), (0, "cacs train ")],
-)
+    [(2, ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", LAUNCHER, "train"]),
+     (1, [LAUNCHER, "train"]), (0, [LAUNCHER, "train"])],
+)  # fmt: skip
 def test_rule_launches_one_process_per_gpu(tmp_path, gpus, launcher):
+    """An interpreter (the one running snakemake: no --use-conda here), then torchrun or not, then this checkout's
+    workflow/bin/cacs."""
     line = _train_command(tmp_path, gpus)
     command = line.split("Shell command:", 1)[-1].strip()
-    assert command.startswith(launcher), command
-    assert ("torchrun" in command) == (gpus > 1)
+    words = shlex.split(command)
+    assert Path(words[0]).name.startswith("python"), command
+    assert words[1 : 1 + len(launcher)] == launcher, command
+    assert ("torch.distributed.run" in command) == (gpus > 1)
     assert "--require-gpu" in command
     config_json = json.loads(command.split("--config-json '", 1)[1].split("'", 1)[0])
     assert not {"gpus", "threads", "require_gpu"} & set(config_json)  # job settings, not the model's

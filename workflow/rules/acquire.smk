@@ -16,7 +16,9 @@ LAYOUT_REPORT = f"{ACQUIRE}/layout.json"
 COCA_STAMP = f"{ACQUIRE}/download_coca.json"
 SEGTHOR_STAMP = f"{ACQUIRE}/download_segthor.json"
 _dl = config["download"]
-SEGTHOR_ARCHIVES = ([_dl["segthor_archive"]] if isinstance(_dl["segthor_archive"], str) else _dl["segthor_archive"]) or []
+SEGTHOR_ARCHIVES = (
+    [_dl["segthor_archive"]] if isinstance(_dl["segthor_archive"], str) else _dl["segthor_archive"]
+) or []
 SEGTHOR_SHA256 = ([_dl["segthor_sha256"]] if isinstance(_dl["segthor_sha256"], str) else _dl["segthor_sha256"]) or []
 DOWNLOAD_SEGTHOR = DOWNLOAD and bool(SEGTHOR_ARCHIVES)
 # verify_layout's inputs: whatever rule makes the trees; in local mode nothing
@@ -24,9 +26,7 @@ DOWNLOAD_SEGTHOR = DOWNLOAD and bool(SEGTHOR_ARCHIVES)
 VERIFY_INPUTS = (
     {"coca": COCA_ROOT, "segthor": SEGTHOR_ROOT}
     if SYNTHETIC
-    else ({"coca": COCA_STAMP} | ({"segthor": SEGTHOR_STAMP} if DOWNLOAD_SEGTHOR else {}))
-    if DOWNLOAD
-    else {}
+    else ({"coca": COCA_STAMP} | ({"segthor": SEGTHOR_STAMP} if DOWNLOAD_SEGTHOR else {})) if DOWNLOAD else {}
 )
 VERIFY_FLAGS = " ".join(
     [f"--expect-{k.replace('_', '-')} {int(v)}" for k, v in _dl["expect"].items() if v is not None]
@@ -40,19 +40,20 @@ if SYNTHETIC:
             coca=directory(COCA_ROOT),
             segthor=directory(SEGTHOR_ROOT),
             truth=directory(TRUTH_DIR),
-        params:
-            preset=config["synthetic"]["preset"],
-            seed=config["synthetic"]["seed"],
-            extra=synth_flags(config),
-        threads: config["synthetic"]["workers"]
         log:
             f"{LOGS}/synthesize_cohort.log",
         benchmark:
             f"{BENCH}/synthesize_cohort.tsv"
         conda:
             DATA_ENV
+        threads: config["synthetic"]["workers"]
+        params:
+            cacs=cacs_command,
+            preset=config["synthetic"]["preset"],
+            seed=config["synthetic"]["seed"],
+            extra=synth_flags(config),
         shell:
-            "cacs synth --preset {params.preset} --seed {params.seed} {params.extra}"
+            "{params.cacs} synth --preset {params.preset} --seed {params.seed} {params.extra}"
             " --workers {threads}"
             " --coca-root {output.coca} --segthor-root {output.segthor} --truth-dir {output.truth}"
             " > {log} 2>&1"
@@ -63,39 +64,41 @@ if DOWNLOAD:
     # The shared-access URL stays in the environment variable named by
     # download.coca_sas_env: only the variable's NAME is on this command line.
     rule download_coca:
-        # Network and the user's credentials: run where snakemake runs, never on a cluster node.
-        localrule: True
         output:
             stamp=COCA_STAMP,
+        log:
+            f"{LOGS}/download_coca.log",
+        # Network and the user's credentials: run where snakemake runs, never on a cluster node.
+        localrule: True
+        conda:
+            DATA_ENV
         params:
+            cacs=cacs_command,
             dest=COCA_ROOT,
             sas_env=_dl["coca_sas_env"],
             azcopy=_dl["azcopy"],
-        log:
-            f"{LOGS}/download_coca.log",
-        conda:
-            DATA_ENV
         shell:
-            "cacs download-coca --dest {params.dest:q} --sas-env {params.sas_env}"
+            "{params.cacs} download-coca --dest {params.dest:q} --sas-env {params.sas_env}"
             " --azcopy {params.azcopy:q} --stamp {output.stamp} > {log} 2>&1"
 
 
 if DOWNLOAD_SEGTHOR:
 
     rule download_segthor:
-        localrule: True
         output:
             stamp=SEGTHOR_STAMP,
+        log:
+            f"{LOGS}/download_segthor.log",
+        localrule: True
+        conda:
+            DATA_ENV
         params:
+            cacs=cacs_command,
             dest=SEGTHOR_ROOT,
             archives=SEGTHOR_ARCHIVES,
             sha256=f"--sha256 {' '.join(SEGTHOR_SHA256)}" if SEGTHOR_SHA256 else "",
-        log:
-            f"{LOGS}/download_segthor.log",
-        conda:
-            DATA_ENV
         shell:
-            "cacs download-segthor --dest {params.dest:q} --archive {params.archives:q} {params.sha256}"
+            "{params.cacs} download-segthor --dest {params.dest:q} --archive {params.archives:q} {params.sha256}"
             " --stamp {output.stamp} > {log} 2>&1"
 
 
@@ -106,15 +109,16 @@ checkpoint verify_layout:
         **VERIFY_INPUTS,
     output:
         report=LAYOUT_REPORT,
-    params:
-        # The generated trees when synthetic (they are the inputs), else the configured roots.
-        coca=lambda wc, input: input.coca if SYNTHETIC else COCA_ROOT,
-        segthor=lambda wc, input: input.segthor if SYNTHETIC else SEGTHOR_ROOT,
-        flags=VERIFY_FLAGS,
     log:
         f"{LOGS}/verify_layout.log",
     conda:
         DATA_ENV
+    params:
+        cacs=cacs_command,
+        # The generated trees when synthetic (they are the inputs), else the configured roots.
+        coca=lambda wc, input: input.coca if SYNTHETIC else COCA_ROOT,
+        segthor=lambda wc, input: input.segthor if SYNTHETIC else SEGTHOR_ROOT,
+        flags=VERIFY_FLAGS,
     shell:
-        "cacs verify-layout --coca-root {params.coca:q} --segthor-root {params.segthor:q}"
+        "{params.cacs} verify-layout --coca-root {params.coca:q} --segthor-root {params.segthor:q}"
         " --report {output.report} {params.flags} > {log} 2>&1"

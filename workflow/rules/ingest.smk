@@ -11,18 +11,19 @@ rule ingest_gated:
         table=f"{INGEST}/gated.csv",
         qc=f"{INGEST}/qc_gated.csv",
         volumes=directory(f"{INGEST}/gated"),
-    params:
-        flags=ingest_flags(config, "gated"),
-        agatston=agatston_flags(config),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_gated.log",
     benchmark:
         f"{BENCH}/ingest_gated.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        cacs=cacs_command,
+        flags=ingest_flags(config, "gated"),
+        agatston=agatston_flags(config),
     shell:
-        "cacs ingest gated --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest gated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags} {params.agatston}"
         " > {log} 2>&1"
@@ -37,17 +38,18 @@ rule ingest_nongated:
         table=f"{INGEST}/nongated.csv",
         qc=f"{INGEST}/qc_nongated.csv",
         volumes=directory(f"{INGEST}/nongated"),
-    params:
-        flags=ingest_flags(config, "nongated"),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_nongated.log",
     benchmark:
         f"{BENCH}/ingest_nongated.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        cacs=cacs_command,
+        flags=ingest_flags(config, "nongated"),
     shell:
-        "cacs ingest nongated --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest nongated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags}"
         " > {log} 2>&1"
@@ -62,17 +64,18 @@ rule ingest_segthor:
         table=f"{INGEST}/segthor.csv",
         qc=f"{INGEST}/qc_segthor.csv",
         volumes=directory(f"{INGEST}/segthor"),
-    params:
-        flags=ingest_flags(config, "segthor"),
-    threads: config["ingest"]["workers"]
     log:
         f"{LOGS}/ingest_segthor.log",
     benchmark:
         f"{BENCH}/ingest_segthor.tsv"
     conda:
         DATA_ENV
+    threads: config["ingest"]["workers"]
+    params:
+        cacs=cacs_command,
+        flags=ingest_flags(config, "segthor"),
     shell:
-        "cacs ingest segthor --root {input.root} --out-dir {output.volumes}"
+        "{params.cacs} ingest segthor --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
         " {params.flags}"
         " > {log} 2>&1"
@@ -92,8 +95,10 @@ rule collect_cases:
         f"{LOGS}/collect_cases.log",
     conda:
         DATA_ENV
+    params:
+        cacs=cacs_command,
     shell:
-        "cacs collect --tables {input.gated} {input.nongated}"
+        "{params.cacs} collect --tables {input.gated} {input.nongated}"
         " --qc {input.qc_gated} {input.qc_nongated} {input.qc_segthor}"
         " --cases {output.cases} --qc-out {output.qc}"
         " > {log} 2>&1"

@@ -10,20 +10,20 @@ rule train_localizer:
         model=f"{LOCALIZER}/model.pt",
         metrics=f"{LOCALIZER}/metrics.csv",
         dice=f"{LOCALIZER}/dice.csv",
-    params:
-        flags=localizer_flags(config),
-        out_dir=lambda w, output: os.path.dirname(output.model),
-    resources:
-        gpu=config["localizer"]["gpus"],
     log:
         f"{LOGS}/train_localizer.log",
     benchmark:
         f"{BENCH}/train_localizer.tsv"
     conda:
         TORCH_ENV
+    resources:
+        gpu=config["localizer"]["gpus"],
+    params:
+        cacs=cacs_command,
+        flags=localizer_flags(config),
+        out_dir=lambda w, output: os.path.dirname(output.model),
     shell:
-        "cacs train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags}"
-        " > {log} 2>&1"
+        "{params.cacs} train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags} > {log} 2>&1"
 
 
 rule predict_heart:
@@ -33,21 +33,22 @@ rule predict_heart:
     output:
         table=f"{LOCALIZER}/boxes.csv",
         boxes=directory(f"{LOCALIZER}/boxes"),
-    params:
-        min_ml=config["localizer"]["min_heart_ml"],
-        max_ml=config["localizer"]["max_heart_ml"],
-        device=config["localizer"]["device"],
-        require_gpu=require_gpu_flag(config["localizer"]),
-    resources:
-        gpu=config["localizer"]["gpus"],
     log:
         f"{LOGS}/predict_heart.log",
     benchmark:
         f"{BENCH}/predict_heart.tsv"
     conda:
         TORCH_ENV
+    resources:
+        gpu=config["localizer"]["gpus"],
+    params:
+        cacs=cacs_command,
+        min_ml=config["localizer"]["min_heart_ml"],
+        max_ml=config["localizer"]["max_heart_ml"],
+        device=config["localizer"]["device"],
+        require_gpu=require_gpu_flag(config["localizer"]),
     shell:
-        "cacs predict-heart --cases {input.cases} --model {input.model}"
+        "{params.cacs} predict-heart --cases {input.cases} --model {input.model}"
         " --out-dir {output.boxes} --table {output.table}"
         " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device} {params.require_gpu}"
         " > {log} 2>&1"
@@ -62,18 +63,19 @@ rule crop:
         qc=f"{CROPS}/qc.csv",
         containment=f"{LOCALIZER}/containment.csv",
         volumes=directory(f"{CROPS}/volumes"),
-    params:
-        flags=crop_flags(config),
-        agatston=agatston_flags(config),
-    threads: config["crop"]["workers"]
     log:
         f"{LOGS}/crop.log",
     benchmark:
         f"{BENCH}/crop.tsv"
     conda:
         TORCH_ENV
+    threads: config["crop"]["workers"]
+    params:
+        cacs=cacs_command,
+        flags=crop_flags(config),
+        agatston=agatston_flags(config),
     shell:
-        "cacs crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
+        "{params.cacs} crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
         " --index {output.index} --qc {output.qc} --containment {output.containment}"
         " --workers {threads} {params.flags} {params.agatston}"
         " > {log} 2>&1"

@@ -25,19 +25,20 @@ rule evaluate:
             caption="../report/kappa.rst",
             category="Tables",
         ),
-    params:
-        out_dir=lambda w, output: os.path.dirname(output.metrics),
-        n_bootstrap=config["evaluate"]["n_bootstrap"],
-        seed=config["evaluate"]["seed"],
-        source=config["data"]["source"],
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
         f"{BENCH}/evaluate.tsv"
     conda:
         PLOT_ENV
+    params:
+        cacs=cacs_command,
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
+        n_bootstrap=config["evaluate"]["n_bootstrap"],
+        seed=config["evaluate"]["seed"],
+        source=config["data"]["source"],
     shell:
-        "cacs evaluate --predictions {input.predictions} --out-dir {params.out_dir}"
+        "{params.cacs} evaluate --predictions {input.predictions} --out-dir {params.out_dir}"
         " --n-bootstrap {params.n_bootstrap} --seed {params.seed} --data-source {params.source}"
         " > {log} 2>&1"
 
@@ -56,19 +57,20 @@ rule figures:
             )
             for name in FIGURES
         },
-    params:
-        out_dir=lambda w, output: os.path.dirname(output[0]),
-        curves=figure_curves(config),
-        n_examples=config["evaluate"]["n_examples"],
-        source=config["data"]["source"],
     log:
         f"{LOGS}/figures.log",
     benchmark:
         f"{BENCH}/figures.tsv"
     conda:
         PLOT_ENV
+    params:
+        cacs=cacs_command,
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+        curves=figure_curves(config),
+        n_examples=config["evaluate"]["n_examples"],
+        source=config["data"]["source"],
     shell:
-        "cacs figures --predictions {input.predictions} --metrics {input.metrics}"
+        "{params.cacs} figures --predictions {input.predictions} --metrics {input.metrics}"
         " --curves {params.curves} --out-dir {params.out_dir}"
         " --n-examples {params.n_examples} --data-source {params.source}"
         " > {log} 2>&1"

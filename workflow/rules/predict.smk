@@ -13,23 +13,24 @@ rule predict_model:
     output:
         table=f"{PREDICTIONS}/{{experiment}}/predictions.csv",
         labels=directory(f"{PREDICTIONS}/{{experiment}}/labels"),
-    wildcard_constraints:
-        experiment="|".join(EXPERIMENTS),
-    params:
-        device=config["train"]["device"],
-        require_gpu=require_gpu_flag(config["train"]),
-        agatston=agatston_flags(config),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=min(config["train"]["gpus"], 1),
     log:
         f"{LOGS}/predict_model/{{experiment}}.log",
     benchmark:
         f"{BENCH}/predict_model/{{experiment}}.tsv"
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
     conda:
         TORCH_ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=min(config["train"]["gpus"], 1),
+    params:
+        cacs=cacs_command,
+        device=config["train"]["device"],
+        require_gpu=require_gpu_flag(config["train"]),
+        agatston=agatston_flags(config),
     shell:
-        "cacs predict --model {input.model} --index {input.index}"
+        "{params.cacs} predict --model {input.model} --index {input.index}"
         " --labels-dir {output.labels} --table {output.table}"
         " --device {params.device} {params.require_gpu} --threads {threads} {params.agatston}"
         " > {log} 2>&1"

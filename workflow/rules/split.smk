@@ -7,16 +7,17 @@ rule split:
         cases=f"{INGEST}/cases.csv",
     output:
         cases=f"{SPLIT}/cases.csv",
-    params:
-        train=config["split"]["train"],
-        val=config["split"]["val"],
-        test=config["split"]["test"],
-        seed=config["split"]["seed"],
     log:
         f"{LOGS}/split.log",
     conda:
         DATA_ENV
+    params:
+        cacs=cacs_command,
+        train=config["split"]["train"],
+        val=config["split"]["val"],
+        test=config["split"]["test"],
+        seed=config["split"]["seed"],
     shell:
-        "cacs split --cases {input.cases} --out {output.cases}"
+        "{params.cacs} split --cases {input.cases} --out {output.cases}"
         " --train {params.train} --val {params.val} --test {params.test} --seed {params.seed}"
         " > {log} 2>&1"

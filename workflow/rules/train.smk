@@ -1,7 +1,10 @@
 # Stage "train" (paper sections 3.3-3.5, 4.1): one job per experiment of the
 # config (SPSS, its ablations, the ConvNet baseline), each rerunnable alone:
 #   snakemake results/models/spss_ce/model.pt
-# train.gpus > 1 starts one DDP process per GPU through torchrun (train_launcher).
+# train.gpus > 1 starts one DDP process per GPU through torchrun (train_launcher in common.smk).
+
+# A batch the GPUs cannot share stops the planning here, before any job waits for its GPUs.
+train_launcher(config)
 
 
 rule train_model:
@@ -10,23 +13,23 @@ rule train_model:
     output:
         model=f"{MODELS}/{{experiment}}/model.pt",
         metrics=f"{MODELS}/{{experiment}}/metrics.csv",
-    wildcard_constraints:
-        experiment="|".join(EXPERIMENTS),
-    params:
-        cfg=lambda w: experiment_json(config, w.experiment),
-        out_dir=lambda w, output: os.path.dirname(output.model),
-        agatston=agatston_flags(config),
-        launcher=train_launcher(config),
-        require_gpu=require_gpu_flag(config["train"]),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=config["train"]["gpus"],
     log:
         f"{LOGS}/train_model/{{experiment}}.log",
     benchmark:
         f"{BENCH}/train_model/{{experiment}}.tsv"
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
     conda:
         TORCH_ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
+    params:
+        cfg=lambda w: experiment_json(config, w.experiment),
+        out_dir=lambda w, output: os.path.dirname(output.model),
+        agatston=agatston_flags(config),
+        launcher=train_command,
+        require_gpu=require_gpu_flag(config["train"]),
     shell:
         "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
         " --config-json '{params.cfg}' --threads {threads} {params.agatston} {params.require_gpu}"
