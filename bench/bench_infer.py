@@ -113,6 +113,10 @@ def write_untrained_models(cfg: dict, folder: Path, experiment: str = "spss") ->
     """
     import torch
 
+    from cacs.agatston import AgatstonParams
+    from cacs.bundle import experiment_bundle, localizer_bundle
+    from cacs.crop import CropParams
+    from cacs.heart_boxes import Plausibility
     from cacs.io.atomic import write_torch
     from cacs.localizer import LocalizerParams, build_unet
     from cacs.models import build_model
@@ -122,14 +126,19 @@ def write_untrained_models(cfg: dict, folder: Path, experiment: str = "spss") ->
     network = build_model(tcfg.model, dict(tcfg.model_config))
     model_path = folder / f"{experiment}_model.pt"
     weights = {k: v.cpu() for k, v in network.state_dict().items()}
-    write_torch(model_path, {"state_dict": weights, "experiment": experiment, "config": asdict(tcfg)})
+    # The model file's settings (cacs.bundle) are the config's, as cacs train records them from the crops.
+    crop = CropParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["crop"].items() if k != "workers"})
+    plausibility = Plausibility(cfg["localizer"]["min_heart_ml"], cfg["localizer"]["max_heart_ml"])
+    bundle = experiment_bundle(asdict(tcfg), crop, AgatstonParams(**cfg["agatston"]), plausibility, None,
+                               {"index": "none: untrained (bench)"}, "untrained")  # fmt: skip
+    write_torch(model_path, {"state_dict": weights, "experiment": experiment, "config": asdict(tcfg), "bundle": bundle})
     params = LocalizerParams.from_dict(cfg["localizer"])
     torch.manual_seed(params.seed)
     localizer_path = folder / "localizer.pt"
     write_torch(
         localizer_path,
         {"state_dict": build_unet(params).state_dict(), "params": params.to_dict(), "fit_ids": [], "heldout_ids": [],
-         "epochs": 0},
+         "epochs": 0, "bundle": localizer_bundle(params, {"table": "none: untrained (bench)"}, "untrained")},
     )  # fmt: skip
     return model_path, localizer_path
 

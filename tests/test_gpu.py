@@ -41,6 +41,8 @@ import yaml
 from torch import nn
 
 from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
+from cacs.bundle import experiment_bundle, localizer_bundle
+from cacs.crop import CropParams
 from cacs.io.nifti import Geometry
 from cacs.losses import LossConfig
 from cacs.models import build_model
@@ -214,7 +216,8 @@ def _save_trained(path: Path, kind: str) -> Path:
             threshold_logit = math.log(CALCIUM_THRESHOLD / (1 - CALCIUM_THRESHOLD))
             net.cac_head.classifier.bias[1] -= float(margin.median()) - threshold_logit
     cfg = TrainConfig(model=kind, model_config=MODELS[kind])
-    torch.save({"state_dict": net.state_dict(), "experiment": kind, "config": asdict(cfg)}, path)
+    bundle = experiment_bundle(asdict(cfg), CropParams(), AgatstonParams(), None, None, {"index": "test"})
+    torch.save({"state_dict": net.state_dict(), "experiment": kind, "config": asdict(cfg), "bundle": bundle}, path)
     return path
 
 
@@ -287,7 +290,8 @@ def test_require_gpu_is_met_and_every_loader_uses_the_gpu(tmp_path):
     assert model.device.type == "cuda" and model.amp
     assert {p.device.type for p in model.network.parameters()} == {"cuda"}
     params = LocalizerParams(channels=(4, 8, 16), patch_size=(16, 16, 16))
-    torch.save({"state_dict": build_unet(params).state_dict(), "params": params.to_dict()}, tmp_path / "loc.pt")
+    torch.save({"state_dict": build_unet(params).state_dict(), "params": params.to_dict(),
+                "bundle": localizer_bundle(params, {"table": "test"})}, tmp_path / "loc.pt")  # fmt: skip
     localizer, _ = load_localizer(tmp_path / "loc.pt")  # default device: CUDA when present
     assert {p.device.type for p in localizer.parameters()} == {"cuda"}
 

@@ -14,9 +14,12 @@ import pydicom
 import pytest
 
 import cacs.infer as infer_module
-from cacs.agatston import agatston_scores
+from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.bundle import Given, experiment_settings, plain
 from cacs.cli import build_parser, main
 from cacs.cli_evaluate import infer_settings
+from cacs.crop import CropParams
+from cacs.heart_boxes import Plausibility
 from cacs.infer import dicom_to_nifti, infer_scan, scan_name
 from cacs.io.nifti import Geometry, read_volume, write_volume
 from tests.native_phantoms import BLOB_BASE_HU, render_blob
@@ -86,17 +89,31 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path, caplog):
     assert "none: no such file or folder" in caplog.text
 
 
-def test_options_command_line_over_config_over_defaults(tmp_path):
+def test_options_and_config_are_checks_against_the_model(tmp_path):
+    """No built-in crop grid: the model's rules; options and --config values are collected to be checked."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("crop: {model_size: [80, 80, 48], margin_xy_mm: 10}\nagatston: {threshold_hu: 120}\n")
     parse = build_parser().parse_args
     base = ["infer", "scan", "--model", "m", "--localizer", "l", "--out-dir", "o"]
-    assert infer_settings(parse(base))["model_size"] == (128, 128, 48)
-    v = infer_settings(parse([*base, "--config", str(cfg)]))
-    assert v["model_size"] == [80, 80, 48] and v["margin_xy_mm"] == 10 and v["threshold_hu"] == 120
-    assert v["model_spacing_mm"] == (1.5, 1.5, 3.0)  # not in the file: the built-in default
-    v = infer_settings(parse([*base, "--config", str(cfg), "--model-size", "64", "64", "24", "--threshold-hu", "130"]))
-    assert v["model_size"] == [64, 64, 24] and v["threshold_hu"] == 130
+    assert infer_settings(parse(base)) == []  # nothing given: everything from the model file
+    args = [*base, "--config", str(cfg), "--model-size", "64", "64", "24", "--no-slice-correction"]
+    given = infer_settings(parse(args))
+    assert [(g.section, g.key, g.value, g.source) for g in given] == [
+        ("crop", "margin_xy_mm", 10, f"{cfg}: crop.margin_xy_mm"),
+        ("crop", "model_size", [80, 80, 48], f"{cfg}: crop.model_size"),
+        ("agatston", "threshold_hu", 120, f"{cfg}: agatston.threshold_hu"),
+        ("crop", "model_size", [64, 64, 24], "--model-size"),
+        ("agatston", "slice_correction", False, "--no-slice-correction"),
+    ]
+    bundle = {"crop": plain(CropParams()), "agatston": plain(AgatstonParams()), "plausibility": None}
+    with pytest.raises(ValueError, match=r"cfg.yaml: crop.margin_xy_mm 10 contradicts the model's crop.margin_xy_mm 16 "
+                                         r"\(m.pt\)"):  # fmt: skip
+        experiment_settings(bundle, given, "m.pt")
+    same = [Given("crop", "model_size", [128, 128, 48], "--model-size"), Given("plausibility", "min_heart_ml", 90.0,
+                                                                                "--min-heart-ml")]  # fmt: skip
+    crop, agatston, plausibility = experiment_settings(bundle, same, "m.pt")
+    assert crop == CropParams() and agatston == AgatstonParams()
+    assert plausibility == Plausibility(90.0, 1500.0)  # the model recorded none: the given one
 
 
 def test_scan_names_are_file_safe():
@@ -121,7 +138,8 @@ def test_scan_is_scored_on_its_own_grid(tmp_path, monkeypatch):
     monkeypatch.setattr(infer_module, "load_localizer", lambda *a, **k: (None, None))
     no_heart = {"plausible": False, "problem": "no localizer in this test", "heart_ml": 0.0}
     monkeypatch.setattr(infer_module, "heart_box", lambda *a, **k: no_heart)  # the fallback box
-    monkeypatch.setattr(infer_module, "load_trained", lambda *a, **k: _oracle(4))  # every voxel >= 130 HU is RCA
+    oracle = _oracle(4, CropParams())  # every voxel >= 130 HU is RCA; the built-in crop grid
+    monkeypatch.setattr(infer_module, "load_trained", lambda *a, **k: oracle)
     record = _infer(tmp_path / "scan.nii.gz", tmp_path)
     labels, label_geometry = read_volume(record["labels"])
     scan, scan_geometry = read_volume(tmp_path / "scan.nii.gz")

@@ -16,6 +16,7 @@ import torch
 
 import cacs.batch_infer as batch_module
 from cacs.batch_infer import BATCH_COLUMNS, list_scans, run_batch
+from cacs.bundle import localizer_bundle
 from cacs.cli import main
 from cacs.crop import CropParams
 from cacs.infer import InferOptions
@@ -27,20 +28,29 @@ from tests.test_predict import _save_model
 SMALL = ["--model-size", "32", "32", "16", "--model-spacing-mm", "1.5", "1.5", "3", "--device", "cpu"]
 
 
+SMALL_CROP = CropParams(model_spacing_mm=(1.5, 1.5, 3.0), model_size=(32, 32, 16), fallback_box_mm=(60.0, 60.0))
+"""The crop grid of the test networks' model file (its bundle): what infer uses on the 64 x 64 x 6 phantoms."""
+
+
 def small_options(**kw) -> InferOptions:
-    crop = CropParams(model_spacing_mm=(1.5, 1.5, 3.0), model_size=(32, 32, 16), fallback_box_mm=(60.0, 60.0))
-    return InferOptions(crop=crop, device="cpu", **({"qc_page": False} | kw))
+    return InferOptions(device="cpu", **({"qc_page": False} | kw))  # the grid: the model file's
 
 
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory) -> tuple[Path, Path]:
     """A saved untrained tiny SPSS (model.pt as cacs train writes it) and localizer (as cacs localizer writes it)."""
     out = tmp_path_factory.mktemp("networks")
-    model = _save_model(out / "spss" / "model.pt", "spss", "spss")
+    model = _save_model(out / "spss" / "model.pt", "spss", "spss", crop=SMALL_CROP)
+    return model, save_localizer(out / "localizer.pt")
+
+
+def save_localizer(path: Path) -> Path:
+    """An untrained tiny localizer file as ``cacs train-localizer`` writes it (with its bundle)."""
     params = LocalizerParams(channels=(4, 8, 16), patch_size=(32, 32, 16))
     torch.manual_seed(0)
-    torch.save({"state_dict": build_unet(params).state_dict(), "params": params.to_dict()}, out / "localizer.pt")
-    return model, out / "localizer.pt"
+    torch.save({"state_dict": build_unet(params).state_dict(), "params": params.to_dict(),
+                "bundle": localizer_bundle(params, {"table": "test"})}, path)  # fmt: skip
+    return path
 
 
 def make_cohort(root: Path, n_nifti: int, n_dicom: int) -> Path | None:
@@ -136,6 +146,6 @@ def test_another_model_rescores_finished_scans(networks, tmp_path):
     model, localizer = networks
     make_cohort(tmp_path / "cohort", n_nifti=2, n_dicom=0)
     run_batch(tmp_path / "cohort", model, localizer, tmp_path / "out", small_options(), progress=False)
-    other = _save_model(tmp_path / "convnet" / "model.pt", "convnet", "convnet")
+    other = _save_model(tmp_path / "convnet" / "model.pt", "convnet", "convnet", crop=SMALL_CROP)
     table = run_batch(tmp_path / "cohort", other, localizer, tmp_path / "out", small_options(), progress=False)
     assert not table.from_earlier_run.any() and set(table.experiment) == {"convnet"} and set(table.labels) == {""}

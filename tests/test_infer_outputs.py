@@ -14,7 +14,7 @@ from cacs.io.dicom_seg import read_seg_labels, write_dicom_seg
 from cacs.io.nifti import read_volume
 from cacs.qc_page import calcium_slices
 from tests.test_dicom_study import make_study, phantom_hu, write_series
-from tests.test_infer_batch import networks, small_options  # noqa: F401  (fixture)
+from tests.test_infer_batch import SMALL_CROP, networks, small_options  # noqa: F401  (fixture)
 from tests.test_predict import _oracle
 
 
@@ -66,7 +66,8 @@ def test_infer_on_a_study_writes_seg_and_qc_page(networks, tmp_path, monkeypatch
     model, localizer = networks
     hu = phantom_hu(nz=6)
     study = make_study(tmp_path / "study", hu)
-    monkeypatch.setattr(infer_module, "load_trained", lambda *a, **k: _oracle(3))  # every voxel >= 130 HU is LAD
+    oracle = _oracle(3, SMALL_CROP)  # every voxel >= 130 HU is LAD
+    monkeypatch.setattr(infer_module, "load_trained", lambda *a, **k: oracle)
     opts = small_options(qc_page=True)
     record = infer_scan(tmp_path / "study", model, localizer, tmp_path / "out", opts)
     out = tmp_path / "out"

@@ -13,25 +13,35 @@ from torch import nn
 import cacs.predict as predict_module
 from cacs import ARTERIES, SCORE_COLUMNS
 from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.bundle import experiment_bundle
+from cacs.crop import CropParams
 from cacs.cvd import cvd_rank
+from cacs.heart_boxes import Plausibility
 from cacs.io.nifti import Geometry, read_volume
 from cacs.models import build_model
 from cacs.models.spss import SPSSNet, SPSSOutput
 from cacs.native_scoring import roundtrip_labels
 from cacs.predict import PREDICTION_COLUMNS, TrainedModel, load_trained, predict_experiment, predict_native
 from cacs.train import HU_SCALE
-from tests.test_train import TINY_MODELS, tiny_crops  # noqa: F401  (fixture)
+from tests.test_train import TINY_CROP, TINY_MODELS, tiny_crops  # noqa: F401  (fixture)
 
 
-def _save_model(path: Path, kind: str, experiment: str) -> Path:
+def tiny_bundle(kind: str, crop: CropParams = TINY_CROP) -> dict:
+    """The bundle ``cacs train`` writes into a model file (cacs.bundle), for a tiny network on ``crop``."""
+    cfg = {"model": kind, "model_config": TINY_MODELS[kind], "amp": True}
+    return experiment_bundle(cfg, crop, AgatstonParams(), Plausibility(), None, {"index": "test"}, "synthetic")
+
+
+def _save_model(path: Path, kind: str, experiment: str, crop: CropParams = TINY_CROP, bundle: bool = True) -> Path:
+    """An untrained tiny model file as ``cacs train`` writes it (``bundle=False``: as it did before bundles)."""
     torch.manual_seed(0)
     net = build_model(kind, TINY_MODELS[kind])
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"state_dict": net.state_dict(), "experiment": experiment,
-         "config": {"model": kind, "model_config": TINY_MODELS[kind], "amp": True}},
-        path,
-    )  # fmt: skip
+    payload = {"state_dict": net.state_dict(), "experiment": experiment,
+               "config": {"model": kind, "model_config": TINY_MODELS[kind], "amp": True}}  # fmt: skip
+    if bundle:
+        payload["bundle"] = tiny_bundle(kind, crop)
+    torch.save(payload, path)
     return path
 
 
@@ -53,8 +63,9 @@ class ThresholdOracle(nn.Module):
     predict_labels = staticmethod(SPSSNet.predict_labels)
 
 
-def _oracle(label: int) -> TrainedModel:
-    return TrainedModel("oracle", "spss", ThresholdOracle(label).eval(), torch.device("cpu"), amp=False)
+def _oracle(label: int, crop: CropParams = TINY_CROP) -> TrainedModel:
+    net = ThresholdOracle(label).eval()
+    return TrainedModel("oracle", "spss", net, torch.device("cpu"), amp=False, bundle=tiny_bundle("spss", crop))
 
 
 def test_label_map_becomes_clinical_scores_per_artery():

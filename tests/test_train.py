@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 
 import cacs.train as train_module
 from cacs.agatston import AgatstonParams
+from cacs.bundle import crop_meta_path
 from cacs.crop import CropParams, crop_all
 from cacs.split import split_cases
 from cacs.train import TrainConfig, _epoch_batches, learning_rate, train_experiment
@@ -22,6 +24,9 @@ TINY_MODELS = {
 }  # fmt: skip
 
 
+TINY_CROP = CropParams(model_spacing_mm=(5.0, 5.0, 6.0), model_size=(32, 32, 16), fallback_box_mm=(150.0, 150.0))
+
+
 @pytest.fixture(scope="module")
 def tiny_crops(tiny_ingested, tmp_path_factory) -> str:
     """Crops of the tiny cohort on a 32x32x16 grid (fallback boxes: no localizer needed)."""
@@ -31,9 +36,8 @@ def tiny_crops(tiny_ingested, tmp_path_factory) -> str:
     split_cases(out / "cases.csv", out / "split.csv", train=0.5, val=0.25, test=0.25, seed=1)
     boxes = pd.DataFrame({"case_id": cases.case_id, "plausible": False, "problem": "no localizer in this test"})
     boxes.to_csv(out / "boxes.csv", index=False)
-    params = CropParams(model_spacing_mm=(5.0, 5.0, 6.0), model_size=(32, 32, 16), fallback_box_mm=(150.0, 150.0))
     crop_all(out / "split.csv", out / "boxes.csv", out / "vol", out / "index.csv", out / "cont.csv", out / "qc.csv",
-             params, AgatstonParams())  # fmt: skip
+             TINY_CROP, AgatstonParams())  # fmt: skip
     return str(out / "index.csv")
 
 
@@ -111,6 +115,7 @@ def test_a_rerun_on_other_crops_trains_from_scratch(tiny_crops, tmp_path, caplog
     np.save(moved, np.roll(image, 1, axis=2))  # the same scan, cropped one voxel further left
     index.loc[row, "image_npy"] = str(moved)
     index.to_csv(tmp_path / "index.csv", index=False)
+    shutil.copy(crop_meta_path(tiny_crops), crop_meta_path(tmp_path / "index.csv"))  # the same crop settings
     with caplog.at_level(logging.WARNING, logger="cacs.train"):
         again = train_experiment("a", tmp_path / "index.csv", tmp_path / "a", _cfg("spss", epochs=2))
     assert "trained on other crops" in caplog.text

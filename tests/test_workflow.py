@@ -85,7 +85,11 @@ def _check_paper_outputs(run: Path) -> None:
 
 
 def _check_infer_equals_pipeline(run: Path) -> None:
-    """`cacs infer` on a scan's raw DICOM series gives the scores the pipeline predicted for it."""
+    """`cacs infer` on a scan's raw DICOM series gives the scores the pipeline predicted for it.
+
+    The model files carry the run's settings (cacs.bundle): the gated scan is scored with only --model and
+    --localizer, the non-gated one also with the run's --config (equal values, so accepted).
+    """
     pred = pd.read_csv(run / "results" / "predictions" / "spss" / "predictions.csv", keep_default_na=False)
     cases = pd.read_csv(run / "results" / "split" / "cases.csv", dtype={"source_id": str}).set_index("case_id")
     coca = run / "resources" / "synthetic-tiny" / "coca"
@@ -93,8 +97,9 @@ def _check_infer_equals_pipeline(run: Path) -> None:
         row = pred[pred.cohort == cohort].iloc[0]
         scan = coca / folder / cases.loc[row.case_id, "source_id"]
         out = run / "infer" / row.case_id
+        config = ["--config", str(REPO / "config" / "tiny.yaml")] if cohort == "nongated" else []
         done = subprocess.run(
-            [str(SNAKEMAKE.with_name("cacs")), "infer", str(scan), "--config", str(REPO / "config" / "tiny.yaml"),
+            [str(SNAKEMAKE.with_name("cacs")), "infer", str(scan), *config,
              "--model", str(run / "results/models/spss/model.pt"),
              "--localizer", str(run / "results/localizer/model.pt"), "--out-dir", str(out), "--json"],
             capture_output=True, text=True, timeout=300,

@@ -14,40 +14,17 @@ import sys
 from pathlib import Path
 
 from cacs import SCORE_COLUMNS, __version__
+from cacs.cli_common import add_agatston_options, add_device_options, agatston_params, given_agatston
 
 log = logging.getLogger("cacs")
 
-
-def _add_agatston_options(p: argparse.ArgumentParser) -> None:
-    """Options mirroring :class:`cacs.agatston.AgatstonParams` (see docs/agatston.md)."""
-    p.add_argument("--threshold-hu", type=float, default=130.0, help="candidate threshold (>=)")
-    p.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
-    p.add_argument("--min-area-mm2", type=float, default=1.0, help="drop smaller lesions")
-    p.add_argument("--lesion-dim", choices=("2d", "3d"), default="2d")
-    p.add_argument(
-        "--no-slice-correction",
-        dest="slice_correction",
-        action="store_false",
-        help="do not multiply by slice increment / 3 mm",
-    )
-
-
-def _agatston_params(args: argparse.Namespace):
-    from cacs.agatston import AgatstonParams
-
-    return AgatstonParams(
-        threshold_hu=args.threshold_hu,
-        connectivity=args.connectivity,
-        min_area_mm2=args.min_area_mm2,
-        lesion_dim=args.lesion_dim,
-        slice_correction=args.slice_correction,
-    )
+DATA_SOURCE_HELP = "recorded in the model file: synthetic | local | download (config data.source)"
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from cacs.agatston import score_files
 
-    scores = score_files(Path(args.image), Path(args.labels), _agatston_params(args))
+    scores = score_files(Path(args.image), Path(args.labels), agatston_params(args))
     if args.json:
         print(json.dumps({k: scores[k] for k in SCORE_COLUMNS}))
     else:
@@ -79,7 +56,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         workers=args.workers,
         strict=args.strict,
         paired_ids=args.paired_ids,
-        agatston=_agatston_params(args),
+        agatston=agatston_params(args),
     )
     run_ingest(args.cohort, Path(args.root), Path(args.out_dir), Path(args.table), Path(args.qc), opts)
     return 0
@@ -127,7 +104,8 @@ def _cmd_train_localizer(args: argparse.Namespace) -> int:
         augment=args.augment,
         device=args.device,
     )
-    train_localizer(Path(args.segthor_table), Path(args.out_dir), params, require_gpu=args.require_gpu)
+    train_localizer(Path(args.segthor_table), Path(args.out_dir), params, require_gpu=args.require_gpu,
+                    data_source=args.data_source)  # fmt: skip
     return 0
 
 
@@ -166,7 +144,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
         Path(args.containment),
         Path(args.qc),
         params,
-        _agatston_params(args),
+        agatston_params(args),
         workers=args.workers,
     )
     return 0
@@ -188,24 +166,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
     train_experiment(args.experiment, Path(args.index), Path(args.out_dir), TrainConfig.from_dict(raw),
-                     _agatston_params(args), require_gpu=args.require_gpu)  # fmt: skip
+                     require_gpu=args.require_gpu, given=given_agatston(args),
+                     data_source=args.data_source)  # fmt: skip
     return 0
-
-
-def add_device_options(p: argparse.ArgumentParser, section: str, note: str) -> None:
-    """--device and --require-gpu, mirroring config keys <section>.device and <section>.require_gpu."""
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help=f"auto: the GPU the scheduler made visible (CUDA_VISIBLE_DEVICES), else the CPU "
-        f"with a warning ({note})",
-    )
-    p.add_argument(
-        "--require-gpu",
-        action="store_true",
-        help=f"fail when no GPU is visible instead of running on the CPU (config {section}.require_gpu)",
-    )
 
 
 def _add_localize_parsers(sub) -> None:
@@ -222,6 +185,7 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of SegTHOR training cases")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--data-source", help=DATA_SOURCE_HELP)
     add_device_options(p, "localizer", "single GPU: the localizer does not use several")
     p.set_defaults(func=_cmd_train_localizer)
 
@@ -251,7 +215,7 @@ def _add_localize_parsers(sub) -> None:
                    help="calcium-like voxels just outside the heart box: grow the box, flag the scan, or off")
     p.add_argument("--guard-shell-mm", type=float, default=10.0, help="how far outside the box the guard looks")
     p.add_argument("--workers", type=int, default=1)
-    _add_agatston_options(p)
+    add_agatston_options(p)
     p.set_defaults(func=_cmd_crop)
 
     p = sub.add_parser("train", help="train one experiment (SPSS, an ablation or the ConvNet) on the crops")
@@ -266,7 +230,8 @@ def _add_localize_parsers(sub) -> None:
         help="fail when no GPU is visible instead of training on the CPU (config train.require_gpu); the device "
         "is --config-json's 'device'; several GPUs: start this command with torchrun --nproc_per_node N -m cacs",
     )
-    _add_agatston_options(p)
+    p.add_argument("--data-source", help=DATA_SOURCE_HELP)
+    add_agatston_options(p, defaults=False)  # the crops' convention (index.json); given ones must equal it
     p.set_defaults(func=_cmd_train)
 
 
@@ -280,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="CT volume in HU (NIfTI or anything SimpleITK reads)")
     p.add_argument("labels", help="label map on the same grid (0 bg, 1 LM, 2 LCX, 3 LAD, 4 RCA)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a CSV row")
-    _add_agatston_options(p)
+    add_agatston_options(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("synth", help="generate the synthetic COCA/SegTHOR cohort in real formats")
@@ -309,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gated and non-gated folders with the same id are the same patient",
     )
-    _add_agatston_options(p)
+    add_agatston_options(p)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("collect", help="merge per-cohort tables into cases.csv and qc.csv")

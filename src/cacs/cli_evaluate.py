@@ -7,12 +7,7 @@ import json
 from pathlib import Path
 
 from cacs import SCORE_COLUMNS
-
-
-def _agatston(args: argparse.Namespace):
-    from cacs.cli import _agatston_params
-
-    return _agatston_params(args)
+from cacs.cli_common import AGATSTON_KEYS, add_agatston_options, add_device_options, given_agatston
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -26,10 +21,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         Path(args.index),
         Path(args.labels_dir),
         Path(args.table),
-        _agatston(args),
         device=args.device,
         split=args.split,
         require_gpu=args.require_gpu,
+        given=given_agatston(args),
     )
     return 0
 
@@ -71,35 +66,31 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-INFER_DEFAULTS: dict[str, object] = {
-    "margin_xy_mm": 16.0,
-    "margin_z_mm": 10.0,
-    "model_spacing_mm": (1.5, 1.5, 3.0),
-    "model_size": (128, 128, 48),
-    "fallback_box_mm": (160.0, 160.0),
-    "guard": "grow",
-    "guard_shell_mm": 10.0,
-    "min_heart_ml": 150.0,
-    "max_heart_ml": 1500.0,
+INFER_SETTINGS: dict[str, tuple[str, str]] = {
+    **{k: ("crop", f"crop.{k}") for k in ("margin_xy_mm", "margin_z_mm", "model_spacing_mm", "model_size",
+                                          "fallback_box_mm", "guard", "guard_shell_mm")},
+    "min_heart_ml": ("plausibility", "localizer.min_heart_ml"),
+    "max_heart_ml": ("plausibility", "localizer.max_heart_ml"),
+    **{k: ("agatston", f"agatston.{k}") for k in AGATSTON_KEYS},
 }
-"""Built-in values of the infer options (the schema's defaults); a --config file overrides them."""
+"""The infer options that are model properties: option -> (bundle section, pipeline config key).
 
-_CONFIG_KEYS = {
-    "crop": ("margin_xy_mm", "margin_z_mm", "model_spacing_mm", "model_size", "fallback_box_mm", "guard",
-             "guard_shell_mm"),
-    "localizer": ("min_heart_ml", "max_heart_ml"),
-    "agatston": ("threshold_hu", "connectivity", "min_area_mm2", "lesion_dim", "slice_correction"),
-}
+Their values come from the model file (:mod:`cacs.bundle`); given on the command line or in ``--config``, they
+must equal the model's, else infer refuses naming both.  No built-in defaults: a default-run model's crop grid
+is not the built-in one, which is how a model could once be used on another grid without a word."""
 
 
-def infer_settings(args: argparse.Namespace) -> dict[str, object]:
-    """Option values in order of precedence: command line > --config file > built-in default.
+def infer_settings(args: argparse.Namespace) -> list:
+    """The model-property settings given on the command line and in ``--config``, as :class:`cacs.bundle.Given`.
 
-    The crop grid and the Agatston convention must be the ones the model was
-    trained with, so the pipeline config is the natural source; options left
-    at ``None`` by argparse were not given on the command line.
+    All of them are checked against the model's bundle when it is loaded
+    (:func:`cacs.infer.resolve_settings`); options left at ``None`` by
+    argparse were not given.  The command line comes last, so where the
+    model recorded no plausibility range it wins over the config file.
     """
-    values: dict[str, object] = dict(INFER_DEFAULTS)
+    from cacs.bundle import Given
+
+    given: list[Given] = []
     if args.config:
         import yaml
 
@@ -109,38 +100,26 @@ def infer_settings(args: argparse.Namespace) -> dict[str, object]:
         cfg = yaml.safe_load(path.read_text()) or {}
         if not isinstance(cfg, dict):
             raise ValueError(f"{path}: not a cacs config (expected a mapping)")
-        for section, keys in _CONFIG_KEYS.items():
-            block = cfg.get(section) or {}
-            values.update({k: block[k] for k in keys if k in block})
-    for key in (*INFER_DEFAULTS, *_CONFIG_KEYS["agatston"]):
-        given = getattr(args, key, None)
-        if given is not None:
-            values[key] = given
-    return values
+        for key, (section, config_key) in INFER_SETTINGS.items():
+            block, name = config_key.split(".")
+            values = cfg.get(block) or {}
+            if name in values:
+                given.append(Given(section, key, values[name], f"{path}: {config_key}"))
+    for key, (section, _) in INFER_SETTINGS.items():
+        value = getattr(args, key, None)
+        if value is not None:
+            option = "--no-slice-correction" if key == "slice_correction" else "--" + key.replace("_", "-")
+            given.append(Given(section, key, value, option))
+    return given
 
 
 def infer_options(args: argparse.Namespace):
     """The :class:`cacs.infer.InferOptions` of an ``infer`` / ``infer-batch`` command line."""
-    from cacs.agatston import AgatstonParams
-    from cacs.crop import CropParams
-    from cacs.heart_boxes import Plausibility
     from cacs.infer import InferOptions
     from cacs.kvp_thresholds import parse_kvp_thresholds
 
-    v = infer_settings(args)
-    agatston = AgatstonParams(**{k: v[k] for k in _CONFIG_KEYS["agatston"] if k in v})
     return InferOptions(
-        crop=CropParams(
-            margin_xy_mm=float(v["margin_xy_mm"]),
-            margin_z_mm=float(v["margin_z_mm"]),
-            model_spacing_mm=tuple(float(x) for x in v["model_spacing_mm"]),
-            model_size=tuple(int(x) for x in v["model_size"]),
-            fallback_box_mm=tuple(float(x) for x in v["fallback_box_mm"]),
-            guard=str(v["guard"]),
-            guard_shell_mm=float(v["guard_shell_mm"]),
-        ),
-        agatston=agatston,
-        plausibility=Plausibility(float(v["min_heart_ml"]), float(v["max_heart_ml"])),
+        given=tuple(infer_settings(args)),
         device=args.device,
         series=getattr(args, "series", None),
         write_seg=args.seg,
@@ -202,30 +181,24 @@ def _cmd_infer_batch(args: argparse.Namespace) -> int:
 
 
 def _add_infer_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``infer`` and ``infer-batch``: config, device, outputs, crop and Agatston overrides."""
-    p.add_argument("--config", help="pipeline config (YAML): crop, agatston and localizer keys become defaults")
+    """Options shared by ``infer`` and ``infer-batch``: config, device, outputs, crop and Agatston checks."""
+    p.add_argument("--config", help="pipeline config (YAML): its crop, agatston and localizer heart-volume keys "
+                                    "must equal the model's (checked, never needed)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: the GPU when present")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-seg", dest="seg", action="store_false", help="do not write the DICOM SEG (seg.dcm)")
     p.add_argument("--no-qc-page", dest="qc_page", action="store_false", help="do not write qc.png / qc.pdf")
-    p.add_argument("--margin-xy-mm", type=float, help="default: config crop.margin_xy_mm, else 16")
-    p.add_argument("--margin-z-mm", type=float, help="default: config, else 10")
-    p.add_argument(
-        "--model-spacing-mm", type=float, nargs=3, metavar=("X", "Y", "Z"), help="default: config, else 1.5 1.5 3"
-    )
-    p.add_argument("--model-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="default: config, else 128 128 48")
-    p.add_argument("--fallback-box-mm", type=float, nargs=2, metavar=("X", "Y"), help="default: config, else 160 160")
-    p.add_argument("--guard", choices=("grow", "flag", "off"),
-                   help="calcium-like voxels just outside the heart box: grow the box, flag the scan, or off; "
-                        "default: config crop.guard, else grow")  # fmt: skip
-    p.add_argument("--guard-shell-mm", type=float, help="how far outside the box the guard looks; default: config, 10")
-    p.add_argument("--min-heart-ml", type=float, help="default: config localizer.min_heart_ml, else 150")
-    p.add_argument("--max-heart-ml", type=float, help="default: config localizer.max_heart_ml, else 1500")
-    p.add_argument("--threshold-hu", type=float, help="default: config agatston.threshold_hu, else 130")
-    p.add_argument("--connectivity", type=int, choices=(4, 8))
-    p.add_argument("--min-area-mm2", type=float)
-    p.add_argument("--lesion-dim", choices=("2d", "3d"))
-    p.add_argument("--no-slice-correction", dest="slice_correction", action="store_const", const=False)
+    model = "default and only allowed value: the model's"
+    p.add_argument("--margin-xy-mm", type=float, help=model)
+    p.add_argument("--margin-z-mm", type=float, help=model)
+    p.add_argument("--model-spacing-mm", type=float, nargs=3, metavar=("X", "Y", "Z"), help=f"{model} crop grid")
+    p.add_argument("--model-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help=model)
+    p.add_argument("--fallback-box-mm", type=float, nargs=2, metavar=("X", "Y"), help=model)
+    p.add_argument("--guard", choices=("grow", "flag", "off"), help=f"crop guard; {model}")
+    p.add_argument("--guard-shell-mm", type=float, help=model)
+    p.add_argument("--min-heart-ml", type=float, help=f"{model} (the built-in 150 if it recorded none)")
+    p.add_argument("--max-heart-ml", type=float, help=f"{model} (the built-in 1500 if it recorded none)")
+    add_agatston_options(p, defaults=False)
     p.add_argument(
         "--kvp-thresholds",
         metavar="KVP=HU,...",
@@ -236,8 +209,6 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     """Register predict / evaluate / figures / infer on the `cacs` subparsers."""
-    from cacs.cli import _add_agatston_options, add_device_options
-
     p = sub.add_parser("predict", help="predict the test scans with one trained experiment; clinical scores")
     p.add_argument("--model", required=True, help="results/models/<experiment>/model.pt")
     p.add_argument("--index", required=True, help="results/crops/index.csv")
@@ -246,7 +217,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--split", default="test", help="which split to predict")
     add_device_options(p, "train", "prediction uses one GPU")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    _add_agatston_options(p)
+    add_agatston_options(p, defaults=False)  # the model's convention; given ones must equal it
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="statistics of the predictions: metrics.json, Table 1, kappas")
@@ -270,8 +241,9 @@ def add_parsers(sub) -> None:
         "infer",
         help="score one new scan (DICOM series/study folder, DICOMDIR or NIfTI): scores, CVD rank, label map, "
         "DICOM SEG, QC page",
-        description="Localize the heart, crop, run a trained SPSS and score a scan. Pass the pipeline's config "
-        "(--config) so that the crop grid and Agatston convention equal the ones the model was trained with. "
+        description="Localize the heart, crop, run a trained SPSS and score a scan. The crop grid, Agatston "
+        "convention and heart-volume range are the model file's own (the ones it was trained with); an option or "
+        "--config value that contradicts them is refused. "
         "A study folder's series is chosen by documented rules (docs/infer.md); --list-series shows them.",
     )
     p.add_argument("scan", help="DICOM series or study folder, a DICOMDIR, or a CT volume in HU (NIfTI, NRRD, MHA)")

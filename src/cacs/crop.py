@@ -21,8 +21,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.bundle import boxes_meta_path, crop_meta_path, plain, read_json
 from cacs.crop_guard import GUARD_MODES, MAX_GROW_MM, GuardResult, grown_text, guard_box
-from cacs.io.atomic import atomic_path, write_csv
+from cacs.io.atomic import atomic_path, write_csv, write_json
 from cacs.io.nifti import (
     Geometry,
     box_corners,
@@ -299,6 +300,23 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
+def crop_metadata(params: CropParams, agatston: AgatstonParams, boxes_csv: Path) -> dict:
+    """What ``index.json`` beside the crop index records: the settings the crops were made with.
+
+    ``cacs train`` reads it (so a model file carries the crop grid it was
+    trained on, see :mod:`cacs.bundle`); the plausibility range and localizer
+    come from the box table's own record (``boxes.json``, ``None`` without).
+    """
+    boxes = read_json(boxes_meta_path(boxes_csv)) or {}
+    return {
+        "crop": plain(params),
+        "agatston": plain(agatston),
+        "plausibility": boxes.get("plausibility"),
+        "localizer": boxes.get("localizer"),
+        "boxes": str(boxes_csv),
+    }
+
+
 def crop_all(
     cases_csv: Path,
     boxes_csv: Path,
@@ -322,6 +340,7 @@ def crop_all(
     index = pd.DataFrame([r for r, _ in results], columns=list(CROP_COLUMNS))
     issues = [i for _, case_issues in results for i in case_issues]
     write_csv(index_csv, index)
+    write_json(crop_meta_path(index_csv), crop_metadata(params, agatston, boxes_csv))
     write_csv(qc_csv, issues_frame(issues))
     gated = index[index.cohort == "gated"][["case_id", *CONTAINMENT_COLUMNS, "total", "fallback"]].copy()
     overall = _overall_containment(gated)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cacs.bundle import boxes_meta_path, localizer_summary, plain, read_bundle
 from cacs.crop import image_extent_mm
 from cacs.io.atomic import write_csv, write_json
 from cacs.io.nifti import read_volume
@@ -113,6 +114,7 @@ def predict_boxes(
     cases = pd.read_csv(cases_csv, dtype={"source_id": str}, keep_default_na=False)
     dev = resolve_device(device, require_gpu, section="localizer")
     model, params = load_localizer(model_path, dev)
+    bundle = read_bundle(model_path, "localizer")
     rows = []
     for case in tqdm(cases.itertuples(index=False), total=len(cases), desc="predict heart", unit="scan"):
         hu, geometry = read_volume(case.image)
@@ -132,5 +134,8 @@ def predict_boxes(
             log.warning("%s: %s (the crop stage will use the fallback box)", case.case_id, flat["problem"])
     table = pd.DataFrame(rows)
     write_csv(table_path, table)
+    # What the crops cut with these boxes inherit (cacs crop -> index.json -> the model file's bundle).
+    write_json(boxes_meta_path(table_path), {"plausibility": plain(limits),
+                                             "localizer": localizer_summary(Path(model_path), bundle)})  # fmt: skip
     log.info("heart boxes: %d scans, %d implausible", len(table), int((~table.plausible).sum()) if len(table) else 0)
     return table

@@ -22,7 +22,6 @@ pays for that once.  Outputs and rules: docs/infer.md.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ import pandas as pd
 
 from cacs import SCORE_COLUMNS, __version__
 from cacs.agatston import AgatstonParams
+from cacs.bundle import Given, experiment_settings, file_sha256, given_from
 from cacs.crop import CropParams, crop_case
 from cacs.cvd import cvd_rank, rank_name
 from cacs.heart_boxes import Plausibility, heart_box
@@ -67,9 +67,14 @@ VERSION_PACKAGES = ("torch", "numpy", "pydicom", "SimpleITK", "highdicom", "pyli
 
 @dataclass(frozen=True)
 class InferOptions:
-    crop: CropParams = CropParams()
-    agatston: AgatstonParams = AgatstonParams()
-    plausibility: Plausibility = Plausibility()
+    """How to score.  The crop grid, Agatston convention and plausibility range are the model's (its bundle,
+    :mod:`cacs.bundle`): ``crop`` / ``agatston`` / ``plausibility`` and ``given`` (options and ``--config``
+    values, each naming its source) are checked against it, and a contradiction is refused."""
+
+    crop: CropParams | None = None  # None: the model's
+    agatston: AgatstonParams | None = None  # None: the model's
+    plausibility: Plausibility | None = None  # None: the model's (the built-in range if it recorded none)
+    given: tuple[Given, ...] = ()
     device: str = "auto"
     series: str | None = None  # SeriesInstanceUID (or listed name) to score; None = the rules of cacs.series_select
     write_seg: bool = True  # DICOM SEG beside the NIfTI label map (DICOM input, SPSS-type models)
@@ -102,6 +107,24 @@ class DicomScan:
     kvp: float | None = None  # KVP (0018,0060) of the series' first slice
 
 
+def resolve_settings(bundle: dict, opts: InferOptions, model_path: Path) -> tuple[CropParams, AgatstonParams,
+                                                                                  Plausibility, list[str]]:  # fmt: skip
+    """The model's crop grid, Agatston convention and plausibility range; ``opts`` may only repeat them.
+
+    Returns them with notes for the record (a plausibility range the model did not record).
+    """
+    given = [*opts.given, *given_from("crop", opts.crop, "crop"), *given_from("agatston", opts.agatston, "agatston"),
+             *given_from("plausibility", opts.plausibility, "plausibility")]  # fmt: skip
+    crop, agatston, plausibility = experiment_settings(bundle, given, model_path)
+    notes = []
+    if plausibility is None:
+        plausibility = Plausibility()
+        notes.append(f"the model records no heart-volume plausibility range: the built-in "
+                     f"[{plausibility.min_heart_ml:g}, {plausibility.max_heart_ml:g}] mL is used")  # fmt: skip
+        log.warning("%s: %s", model_path, notes[-1])
+    return crop, agatston, plausibility, notes
+
+
 def software_versions() -> dict[str, str]:
     """cacs and the packages in :data:`VERSION_PACKAGES` (``'absent'`` when not installed)."""
     versions = {"cacs": __version__}
@@ -111,14 +134,6 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def scan_name(path: Path) -> str:
@@ -218,6 +233,10 @@ class Scorer:
         self.localizer = None
         self.loc_params = None
         self.device = None
+        self.crop: CropParams | None = None  # the model's settings, resolved by load()
+        self.agatston: AgatstonParams | None = None
+        self.plausibility: Plausibility | None = None
+        self.setting_notes: list[str] = []
         self.provenance: dict = {}
         self._labels: np.ndarray | None = None  # the last scan's native label map (for its SEG)
 
@@ -225,15 +244,28 @@ class Scorer:
         if self.model is not None:
             return
         self.device = resolve_device(self.opts.device)
+        model = load_trained(self.model_path, self.opts.device)
+        self.crop, self.agatston, self.plausibility, notes = resolve_settings(model.bundle, self.opts, self.model_path)
         self.localizer, self.loc_params = load_localizer(self.localizer_path, self.device)
-        self.model = load_trained(self.model_path, self.opts.device)
+        localizer_sha = file_sha256(self.localizer_path) if self.localizer_path.is_file() else ""
+        trained_with = (model.bundle.get("localizer") or {}).get("sha256")
+        if trained_with and localizer_sha and trained_with != localizer_sha:
+            notes.append(f"the localizer is not the one whose heart boxes cut the model's training crops "
+                         f"({model.bundle['localizer'].get('path')})")  # fmt: skip
+            log.warning("%s: %s", self.localizer_path, notes[-1])
+        self.setting_notes = notes
+        provenance = model.bundle.get("provenance", {})
         self.provenance = {
             "model_path": str(self.model_path),
             "model_sha256": file_sha256(self.model_path) if self.model_path.is_file() else "",
+            "model_config_sha256": provenance.get("config_sha256", ""),
+            "model_git_commit": provenance.get("git_commit", ""),
             "localizer_path": str(self.localizer_path),
+            "localizer_sha256": localizer_sha,
             "device": str(self.device),
             "versions": software_versions(),
         }
+        self.model = model
 
     def score(self, scan: Path, out_dir: Path, scan_id: str | None = None) -> dict:
         """Score ``scan`` (DICOM series/study folder, DICOMDIR or volume file) into ``out_dir``; return the record.
@@ -269,7 +301,9 @@ class Scorer:
             image_path = scan
             hu, geometry = read_volume(image_path)
         check_hounsfield(hu, image_path)
-        agatston = self.opts.agatston
+        self.load()
+        notes += self.setting_notes
+        agatston = self.agatston
         kvp = dicom.kvp if dicom is not None else None
         if self.opts.kvp_thresholds:
             try:
@@ -278,7 +312,6 @@ class Scorer:
                 raise InputError(scan, str(exc)) from exc
             notes.append(f"kVp-dependent threshold: {agatston.threshold_hu:g} HU at {kvp:g} kVp "
                          f"(weight edges {', '.join(f'{e:g}' for e in agatston.weight_edges)} HU)")  # fmt: skip
-        self.load()
         record = self._predict(scan, name, image_path, hu, geometry, out_dir, notes, agatston)
         record["kvp"], record["threshold_hu"] = kvp, agatston.threshold_hu
         if dicom is not None:
@@ -307,15 +340,14 @@ class Scorer:
         notes: list[str], agatston: AgatstonParams,
     ) -> dict:  # fmt: skip
         """Heart box, crop, network, native scoring: the pipeline's steps; the record without outputs."""
-        opts = self.opts
-        box = heart_box(self.localizer, self.loc_params, hu, geometry, self.device, opts.plausibility)
+        box = heart_box(self.localizer, self.loc_params, hu, geometry, self.device, self.plausibility)
         if not box["plausible"]:
             notes.append(f"heart localisation implausible ({box['problem']}): fallback box used")
             log.warning("%s: %s; using the fallback box", scan, box["problem"])
         crop_dir = out_dir / "crop"
         crop_dir.mkdir(exist_ok=True)
         case = {"case_id": name, "cohort": "infer", "image": str(image_path)}
-        row, issues = crop_case(case, box, crop_dir, opts.crop, agatston)
+        row, issues = crop_case(case, box, crop_dir, self.crop, agatston)
         notes += [f"{i.problem} ({i.action})" for i in issues]
         model = self.model
         crop_hu, grid = read_volume(row["image_nii"])

@@ -49,6 +49,7 @@ from monai.transforms import (
 from scipy import ndimage
 from tqdm import tqdm
 
+from cacs.bundle import BUNDLE_KEY, localizer_bundle, require_bundle
 from cacs.devices import resolve_device  # also re-exported: `from cacs.localizer import resolve_device`
 from cacs.io.atomic import write_csv, write_torch
 from cacs.io.nifti import Geometry, index_box_extent_mm, read_volume
@@ -304,8 +305,13 @@ def predict_heart(
 def load_localizer(
     model_path: str | Path, device: torch.device | str | None = None
 ) -> tuple[torch.nn.Module, LocalizerParams]:
-    """Load ``model.pt`` onto ``device`` (default: CUDA when present, else CPU) in eval mode."""
-    payload = torch.load(Path(model_path), map_location="cpu", weights_only=True)
+    """Load ``model.pt`` onto ``device`` (default: CUDA when present, else CPU) in eval mode.
+
+    The file must carry its bundle (:mod:`cacs.bundle`); one written before that is refused.
+    """
+    path = Path(model_path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    require_bundle(payload, path, "localizer")  # a file without its settings (an old one) is refused
     params = LocalizerParams.from_dict(payload["params"])
     target = (
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -549,11 +555,13 @@ def train_localizer(
     params: LocalizerParams | None = None,
     progress: bool = True,
     require_gpu: bool = False,
+    data_source: str | None = None,
 ) -> pd.DataFrame:
     """Train (or resume training of) the heart localiser on the SegTHOR training split.
 
     Writes, all atomically: ``checkpoint.pt`` and ``metrics.csv`` after every
-    epoch, then ``model.pt`` (weights, params, fit/held-out case ids) and
+    epoch, then ``model.pt`` (weights, params, fit/held-out case ids, the bundle of :mod:`cacs.bundle`;
+    ``data_source`` is recorded in it) and
     ``dice.csv`` (per held-out case Dice on the scan's own grid, after the
     largest-component step, plus the coarse-grid Dice and volumes).  Returns
     the per-epoch metrics.  A checkpoint whose parameters (other than
@@ -669,6 +677,8 @@ def train_localizer(
             "fit_ids": fit_ids,
             "heldout_ids": held_ids,
             "epochs": params.epochs,
+            BUNDLE_KEY: localizer_bundle(params, {"table": str(segthor_csv), "fit_ids": fit_ids,
+                                                  "heldout_ids": held_ids}, data_source),  # fmt: skip
         },
     )
     write_csv(out_dir / DICE_NAME, pd.DataFrame(dice_rows, columns=list(DICE_COLUMNS)))

@@ -34,6 +34,7 @@ The same :func:`predict_native` serves the pipeline (``cacs predict``) and
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,19 @@ from tqdm import tqdm
 
 from cacs import ARTERIES, SCORE_COLUMNS
 from cacs.agatston import AgatstonParams, agatston_scores
+from cacs.bundle import (
+    Given,
+    crop_meta_path,
+    describe,
+    experiment_settings,
+    given_from,
+    plain,
+    read_json,
+    require_bundle,
+    same,
+    show,
+)
+from cacs.crop import CropParams
 from cacs.cvd import cvd_rank
 from cacs.devices import resolve_device
 from cacs.io.atomic import write_csv
@@ -78,6 +92,8 @@ class TrainedModel:
     network: torch.nn.Module
     device: torch.device
     amp: bool
+    bundle: dict | None = None
+    """What the model file carries beside its weights (:mod:`cacs.bundle`): crop grid, Agatston convention, ..."""
 
 
 def load_trained(
@@ -85,6 +101,7 @@ def load_trained(
 ) -> TrainedModel:
     """Load ``results/models/<experiment>/model.pt`` (written by ``cacs train``) in eval mode.
 
+    The file must carry its bundle (:mod:`cacs.bundle`); one written before that is refused.
     ``require_gpu`` (config ``train.require_gpu``): fail instead of predicting on the CPU.
     """
     path = Path(model_path)
@@ -94,8 +111,11 @@ def load_trained(
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt / foreign file
         raise ValueError(f"{path}: not a cacs model file ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(payload, dict) and "bundle" in payload:
+        require_bundle(payload, path, "experiment")  # a localizer's file is named as one
     if not isinstance(payload, dict) or not {"state_dict", "config"} <= set(payload):
         raise ValueError(f"{path}: not a cacs model file (expected state_dict and config; is it a checkpoint?)")
+    bundle = require_bundle(payload, path, "experiment")
     cfg = payload["config"]
     kind = cfg["model"]
     network = build_model(kind, cfg.get("model_config") or {})
@@ -107,6 +127,7 @@ def load_trained(
         network=network.to(dev).eval(),
         device=dev,
         amp=bool(amp and cfg.get("amp", True) and dev.type == "cuda"),
+        bundle=bundle,
     )
 
 
@@ -188,15 +209,42 @@ def _roundtrip_scores(
     return score_native(native_hu, back, native_geometry.spacing, agatston)
 
 
+def check_crops_match(index_csv: Path, crop: CropParams, model_path: Path) -> None:
+    """The settings ``cacs crop`` recorded for these crops (``index.json``) must be the model's crop settings."""
+    meta_path = crop_meta_path(index_csv)
+    meta = read_json(meta_path)
+    if meta is None:
+        return  # an index from before the record: each crop's grid is still checked
+    recorded = plain(crop)
+    for key, value in meta["crop"].items():
+        if key in recorded and not same(value, recorded[key]):
+            raise ValueError(
+                f"{meta_path}: crops made with {describe('crop', key)} {show(value)}, the model's is "
+                f"{show(recorded[key])} ({model_path}); crop with the model's settings or use its own crops"
+            )
+
+
+def check_crop_grid(image: str, shape_zyx: tuple[int, ...], spacing: tuple[float, ...], crop: CropParams,
+                    model_path: Path) -> None:  # fmt: skip
+    """One crop on disk must lie on the model's grid (size and spacing)."""
+    size, grid = list(shape_zyx[::-1]), [float(v) for v in spacing]
+    if not same(size, list(crop.model_size)) or not same(grid, list(crop.model_spacing_mm)):
+        raise ValueError(
+            f"{image}: crop grid {show(size)} voxels at {show(grid)} mm, the model's crop grid is "
+            f"{show(list(crop.model_size))} voxels at {show(list(crop.model_spacing_mm))} mm ({model_path})"
+        )
+
+
 def predict_experiment(
     model_path: Path,
     index_csv: Path,
     labels_dir: Path,
     table_path: Path,
-    agatston: AgatstonParams,
+    agatston: AgatstonParams | None = None,
     device: str = "auto",
     split: str = "test",
     require_gpu: bool = False,
+    given: Sequence[Given] = (),
 ) -> pd.DataFrame:
     """Predict every ``split`` scan of the crop index; write native label maps and the prediction table.
 
@@ -206,6 +254,12 @@ def predict_experiment(
     on the native geometry as ``labels_dir/<case_id>.nii.gz``; the table's
     ``image`` and ``ref_labels`` are the native scan and reference, so that all
     three overlay on one image.
+
+    The Agatston convention is the model's (its bundle, :mod:`cacs.bundle`);
+    ``agatston`` and ``given`` (command-line options) must equal it.  The crops
+    must be the model's kind: the settings ``cacs crop`` recorded beside the
+    index (``index.json``) and every crop's grid must equal the model's crop
+    settings, else the run is refused naming both.
     """
     index = pd.read_csv(index_csv, keep_default_na=False)
     missing = set(INDEX_COLUMNS) - set(index.columns)
@@ -218,10 +272,14 @@ def predict_experiment(
     if scans.empty:
         raise ValueError(f"{index_csv}: no scans in split {split!r}; nothing to evaluate")
     model = load_trained(model_path, device, require_gpu=require_gpu)
+    given = [*given, *given_from("agatston", agatston, "agatston")]
+    crop, agatston, _ = experiment_settings(model.bundle, given, model_path)
+    check_crops_match(index_csv, crop, model_path)
     labels_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in tqdm(scans.to_dict("records"), desc=f"predict {model.experiment}", unit="scan"):
         crop_hu, crop_geometry = read_volume(case["image_nii"])
+        check_crop_grid(case["image_nii"], crop_hu.shape, crop_geometry.spacing, crop, model_path)
         native_hu, native_geometry = read_volume(case["source_image"])
         pred = predict_native(model, crop_hu, crop_geometry, native_hu, native_geometry, agatston)
         label_map = ""

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ from tqdm import tqdm
 
 from cacs import ARTERIES
 from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
+from cacs.bundle import (
+    BUNDLE_KEY,
+    Given,
+    crop_meta_path,
+    experiment_bundle,
+    experiment_settings,
+    given_from,
+    plain,
+    read_json,
+    show,
+)
+from cacs.crop import CropParams
 from cacs.devices import DistributedEnv, distributed_env, process_group, resolve_device
 from cacs.io.atomic import write_csv, write_torch
 from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
@@ -583,8 +596,18 @@ def train_experiment(
     cfg: TrainConfig,
     agatston: AgatstonParams | None = None,
     require_gpu: bool = False,
+    *,
+    crop: CropParams | None = None,
+    given: Sequence[Given] = (),
+    data_source: str | None = None,
 ) -> pd.DataFrame:
     """Train (or resume) one experiment; writes model.pt, checkpoint.pt and metrics.csv in ``out_dir``.
+
+    ``model.pt`` carries its bundle (:mod:`cacs.bundle`): the crop grid and
+    Agatston convention come from the crops' record (``index.json`` beside
+    the index, written by ``cacs crop``); ``agatston``, ``crop`` and ``given``
+    (command-line options) must equal it, and are refused otherwise.  Without
+    that record ``crop`` must be given (``agatston`` defaults to the standard).
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains one
     replica under DistributedDataParallel on ``cuda:LOCAL_RANK`` (NCCL) or
@@ -592,12 +615,52 @@ def train_experiment(
     rank 0 alone writes the files.  ``require_gpu`` (config
     ``train.require_gpu``): fail rather than train on the CPU.
     """
-    agatston = agatston or AgatstonParams()
     env = distributed_env()
     check_world_size(cfg, env.world_size)
     device = resolve_device(cfg.device, require_gpu, env.local_rank if env.enabled else None, section="train")
+    given = [*given, *given_from("crop", crop, "crop"), *given_from("agatston", agatston, "agatston")]
     with process_group(env, device):
-        return _train(name, Path(index_csv), Path(out_dir), cfg, agatston, env, device)
+        return _train(name, Path(index_csv), Path(out_dir), cfg, env, device, given, crop is not None, data_source)
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """The settings the crops were made with (``index.json``), as the model file records them."""
+
+    crop: CropParams
+    agatston: AgatstonParams
+    plausibility: Any  # cacs.heart_boxes.Plausibility | None
+    localizer: dict | None
+    source: str  # index.json, or "the given crop settings" (a library call on crops without a record)
+
+
+def crop_record(index_csv: Path, given: Sequence[Given] = (), crop_given: bool = False) -> CropRecord:
+    """The crops' settings from ``index.json`` beside the index, checked against the given ones."""
+    meta_path = crop_meta_path(index_csv)
+    meta = read_json(meta_path)
+    if meta is None:
+        if not crop_given:
+            raise ValueError(
+                f"{index_csv}: no record of the crop settings beside it ({meta_path.name}, written by cacs crop "
+                "since model files carry their settings); rerun cacs crop"
+            )
+        meta = {"crop": {g.key: g.value for g in given if g.section == "crop"},
+                "agatston": plain(AgatstonParams(**{g.key: g.value for g in given if g.section == "agatston"}))}
+    crop, agatston, plausibility = experiment_settings(meta, list(given), meta_path, whose="the crops'")
+    source = str(meta_path) if meta_path.is_file() else "the given crop settings"
+    return CropRecord(crop, agatston, plausibility, meta.get("localizer"), source)
+
+
+def _check_crop_grid(scan: Scan, row: dict, record: CropRecord) -> None:
+    """The crops on disk must be on the recorded model grid."""
+    shape = list(scan.hu.shape[::-1])
+    spacing = [float(row[f"spacing_{a}"]) for a in "xyz"]
+    crop = record.crop
+    if shape != list(crop.model_size) or not np.allclose(spacing, crop.model_spacing_mm):
+        raise ValueError(
+            f"{row['image_npy']}: crop of {show(shape)} voxels at {show(spacing)} mm, not the recorded crop grid "
+            f"{show(list(crop.model_size))} at {show(list(crop.model_spacing_mm))} mm ({record.source})"
+        )
 
 
 def _train(
@@ -605,12 +668,16 @@ def _train(
     index_csv: Path,
     out_dir: Path,
     cfg: TrainConfig,
-    agatston: AgatstonParams,
     env: DistributedEnv,
     device: torch.device,
+    given: list[Given],
+    crop_given: bool,
+    data_source: str | None,
 ) -> pd.DataFrame:
     amp = use_amp(cfg, device)
     main = env.is_main
+    record = crop_record(index_csv, given, crop_given)
+    agatston = record.agatston
     index = pd.read_csv(index_csv, keep_default_na=False)
     train_rows = index[index.split == "train"]
     val_rows = index[index.split == "val"]
@@ -621,6 +688,7 @@ def _train(
     val_scans = load_scans(val_rows, agatston, progress=main)
     gated = [i for i, s in enumerate(train_scans) if s.gated]
     nongated = [i for i, s in enumerate(train_scans) if not s.gated]
+    _check_crop_grid(train_scans[0], train_rows.iloc[0].to_dict(), record)
     check_patch_size(cfg, train_scans[0].hu.shape)
 
     torch.manual_seed(cfg.seed)  # initial weights; each epoch reseeds from (seed, epoch)
@@ -700,6 +768,12 @@ def _train(
     frame = pd.DataFrame(metrics)
     if main:
         weights = {k: v.cpu() for k, v in core.state_dict().items()}
-        write_torch(out_dir / "model.pt", {"state_dict": weights, "experiment": name, "config": asdict(cfg)})
+        bundle = experiment_bundle(
+            asdict(cfg), record.crop, agatston, record.plausibility, record.localizer,
+            {"index": str(index_csv), "fingerprint": data, "n_train": len(train_rows), "n_val": len(val_rows)},
+            data_source,
+        )  # fmt: skip
+        write_torch(out_dir / "model.pt", {"state_dict": weights, "experiment": name, "config": asdict(cfg),
+                                           BUNDLE_KEY: bundle})  # fmt: skip
         write_csv(out_dir / "metrics.csv", frame)
     return frame
