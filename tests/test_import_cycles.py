@@ -13,8 +13,7 @@ Two kinds of edges are collected:
   ``if``/``try`` blocks and class bodies); a cycle among these is always an error;
 * *deferred* imports sit inside a function and run when it is called.  A cycle
   that needs one of them still couples the two modules both ways (and usually
-  means a shared piece belongs in a third module), so it is an error too, except
-  for the pairs listed in :data:`KNOWN_DEFERRED_CYCLES`.
+  means a shared piece belongs in a third module), so it is an error too.
 
 Imports under ``if TYPE_CHECKING:`` never run and are ignored.  Importing a
 module also runs the ``__init__`` of every package above it; those edges count,
@@ -30,21 +29,10 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "cacs"
 
 Graph = Mapping[str, Iterable[str]]
-
-# Cycles through deferred (function-level) imports that are known and being removed.
-# TODO: delete the cli <-> cli_evaluate entry once that cycle is gone (another change
-# moves the shared pieces out of cli); the test then guards it for good.
-KNOWN_DEFERRED_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        frozenset({"cacs.cli", "cacs.cli_evaluate"}),  # known exception: delete when removed
-    }
-)
 
 
 # ------------------------------------------------------------------------------ the graph
@@ -297,15 +285,9 @@ def test_no_cycles_among_top_level_imports() -> None:
 
 def test_no_cycles_through_function_level_imports() -> None:
     top, deferred = import_graph()
-    cycles = [c for c in find_cycles(_merged(top, deferred)) if frozenset(c) not in KNOWN_DEFERRED_CYCLES]
+    cycles = find_cycles(_merged(top, deferred))
     assert not cycles, (
         "import cycles through imports inside functions (move the shared piece into a module both "
         "can import):\n" + _describe(cycles, top, deferred)
     )
 
-
-@pytest.mark.parametrize("known", sorted(sorted(c) for c in KNOWN_DEFERRED_CYCLES))
-def test_known_exceptions_are_still_deferred_only(known: list[str]) -> None:
-    """A listed exception may not grow into a top-level cycle (that would fail at import time)."""
-    top, _ = import_graph()
-    assert known not in find_cycles(top)

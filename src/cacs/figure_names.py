@@ -1,6 +1,7 @@
 """File stems of the paper's figures: the one list that the pipeline and ``cacs figures`` share.
 
-The Snakemake workflow declares these files as the figure rule's outputs, and
+The Snakemake workflow (``workflow/rules/common.smk`` loads this file by its
+path) declares these files as the figure rule's outputs, and
 :func:`cacs.figures.write_all_figures` writes them; keeping one tuple here
 means a renamed or added figure cannot leave the rule expecting a file that is
 never written.  The module lives outside :mod:`cacs.figures` and imports

@@ -1,6 +1,7 @@
 # Shared constants and helpers: paths, CLI flag strings, config checks.
 # Functions live here only (snakemake --lint wants rules and functions apart).
 
+import importlib.util
 import json
 import math
 import os
@@ -39,14 +40,22 @@ MODELS = "results/models"
 EXPERIMENTS = sorted(config["experiments"])
 PREDICTIONS = "results/predictions"
 PAPER = "results/paper"
-FIGURES = (
-    "figure1_cac_examples",
-    "figure3_convergence",
-    "figure4_kappa",
-    "figure5_segmentation",
-    "figure6_bland_altman",
-    "figure7_confusion",
-)
+
+
+def _figure_names():
+    """The figure files, from their one home (src/cacs/figure_names.py, which imports nothing).
+
+    Loaded from this checkout's file rather than imported, so that neither sys.path nor the
+    environment changes and snakemake need not run where cacs is installed.
+    """
+    path = Path(workflow.basedir) / "src" / "cacs" / "figure_names.py"
+    spec = importlib.util.spec_from_file_location("cacs_figure_names", path)
+    names = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(names)
+    return tuple(names.FIGURE_STEMS), tuple(names.FIGURE_EXTENSIONS)
+
+
+FIGURES, FIGURE_EXTENSIONS = _figure_names()
 # Figure 3 compares the local-sampled loss (spss) with plain cross-entropy
 # (spss_ce); with other experiment names, every SPSS-type one is drawn.
 CONVERGENCE_EXPERIMENTS = [e for e in ("spss", "spss_ce") if e in EXPERIMENTS] or [
@@ -127,6 +136,7 @@ def localizer_flags(cfg):
         f"--val-fraction {loc['val_fraction']}",
         f"--seed {loc['seed']}",
         f"--device {loc['device']}",
+        f"--data-source {cfg['data']['source']}",
     ]
     if not loc["augment"]:
         flags.append("--no-augment")
@@ -171,7 +181,7 @@ def figure_curves(cfg):
 def paper_outputs():
     """Every file of results/paper/ that the report shows."""
     tables = [f"{PAPER}/{t}{ext}" for t in ("table1", "comparison", "kappa") for ext in (".csv", ".md", ".tex")]
-    figures = [f"{PAPER}/{f}{ext}" for f in FIGURES for ext in (".png", ".pdf")]
+    figures = [f"{PAPER}/{f}{ext}" for f in FIGURES for ext in FIGURE_EXTENSIONS]
     return [f"{PAPER}/metrics.json", *tables, *figures]
 
 

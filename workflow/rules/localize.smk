@@ -32,6 +32,7 @@ rule predict_heart:
         model=f"{LOCALIZER}/model.pt",
     output:
         table=f"{LOCALIZER}/boxes.csv",
+        meta=f"{LOCALIZER}/boxes.json",
         boxes=directory(f"{LOCALIZER}/boxes"),
     log:
         f"{LOGS}/predict_heart.log",
@@ -58,8 +59,10 @@ rule crop:
     input:
         cases=f"{SPLIT}/cases.csv",
         boxes=f"{LOCALIZER}/boxes.csv",
+        boxes_meta=f"{LOCALIZER}/boxes.json",
     output:
         index=f"{CROPS}/index.csv",
+        meta=f"{CROPS}/index.json",
         qc=f"{CROPS}/qc.csv",
         containment=f"{LOCALIZER}/containment.csv",
         volumes=directory(f"{CROPS}/volumes"),

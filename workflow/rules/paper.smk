@@ -51,7 +51,7 @@ rule figures:
     output:
         **{
             name: report(
-                multiext(f"{PAPER}/{name}", ".png", ".pdf"),
+                multiext(f"{PAPER}/{name}", *FIGURE_EXTENSIONS),
                 caption=f"../report/{name}.rst",
                 category="Figures",
             )

@@ -10,6 +10,7 @@ train_launcher(config)
 rule train_model:
     input:
         index=f"{CROPS}/index.csv",
+        crop_meta=f"{CROPS}/index.json",
     output:
         model=f"{MODELS}/{{experiment}}/model.pt",
         metrics=f"{MODELS}/{{experiment}}/metrics.csv",
@@ -30,7 +31,9 @@ rule train_model:
         agatston=agatston_flags(config),
         launcher=train_command,
         require_gpu=require_gpu_flag(config["train"]),
+        data_source=config["data"]["source"],
     shell:
         "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
         " --config-json '{params.cfg}' --threads {threads} {params.agatston} {params.require_gpu}"
+        " --data-source {params.data_source}"
         " > {log} 2>&1"
