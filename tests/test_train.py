@@ -182,7 +182,7 @@ def test_foreground_oversampling_centres_patches_on_calcium():
 
 def test_patch_recipe_learns_and_resumes_bit_identically(tiny_crops, tmp_path, monkeypatch):
     recipe = dict(optimizer="adamw", schedule="onecycle", lr=3e-3, lr_min=1e-5, weight_decay=1e-4,
-                  steps_per_epoch=3, patch_size=(16, 16, 8), foreground_fraction=0.67, epochs=3, amp=True)  # fmt: skip
+                  steps_per_epoch=3, patch_size=(16, 16, 12), foreground_fraction=0.67, epochs=3, amp=True)  # fmt: skip
     metrics = train_experiment("a", tiny_crops, tmp_path / "a", _cfg("spss", **recipe))
     assert metrics.loss_total.iloc[-1] < metrics.loss_total.iloc[0]
     assert {"loss_dice", "loss_ls", "loss_f", "loss_ssl", "loss_rsl"} <= set(metrics.columns)
@@ -203,6 +203,16 @@ def test_patch_recipe_learns_and_resumes_bit_identically(tiny_crops, tmp_path, m
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_warning_names_grids_that_reach_an_extent_of_two():
+    """(16, 16, 8) patches reach z = 2 at the third level of a 3-level SPSS: oneDNN's bf16 is then irreproducible."""
+    cfg = _cfg("spss", patch_size=(16, 16, 8), amp=True)
+    assert len(train_module.warn_nondeterministic_bf16(cfg, (16, 32, 32), amp=True)) == 1  # the patch, not the crop
+    assert train_module.warn_nondeterministic_bf16(cfg, (16, 32, 32), amp=False) == []
+    assert train_module.warn_nondeterministic_bf16(_cfg("spss", patch_size=(16, 16, 12)), (16, 32, 32), True) == []
+    default = _cfg("spss", model_config={"channels": [8, 16, 32, 64]}, patch_size=(64, 64, 32))
+    assert train_module.warn_nondeterministic_bf16(default, (48, 112, 112), True) == []  # the default run's grid
 
 
 def test_augmentation_changes_only_the_network_input_and_is_reproducible():

@@ -469,6 +469,33 @@ def check_patch_size(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int]) -> 
         raise ValueError(f"train.patch_size {list(cfg.patch_size)} must be multiples of {multiple} (SPSS levels)")
 
 
+def warn_nondeterministic_bf16(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int], amp: bool) -> list[str]:
+    """Warn where a CPU bf16 run would not resume bit-identically; returns the warnings.
+
+    Why: measured on torch 2.13's oneDNN with AVX-512 BF16, the bf16 weight
+    gradient of a 3x3x3 convolution differs from call to call (up to 1e-2)
+    when a spatial extent of its input is exactly 2 voxels; other extents are
+    deterministic.  An SPSS level halves every extent, so a patch or crop whose
+    extent reaches 2 at some level makes training (and resume) irreproducible.
+    The default and COCA grids never do; tiny test grids can.
+    """
+    if not amp or cfg.device == "cuda" or cfg.model != "spss":
+        return []
+    levels = len(dict(cfg.model_config).get("channels") or make_config("spss").channels)
+    shapes = {"crop": crop_shape_zyx}
+    if cfg.patch_size is not None:
+        shapes["patch"] = tuple(cfg.patch_size[::-1])
+    found = []
+    for what, shape in shapes.items():
+        extents = [[s // 2**level for s in shape] for level in range(levels)]
+        if any(2 in e for e in extents):
+            found.append(f"{what} {list(shape[::-1])} (x, y, z) reaches an extent of 2 voxels at an SPSS level: "
+                         "bf16 on this CPU is then not bit-reproducible (train.amp: false, or another size)")
+    for message in found:
+        log.warning(message)
+    return found
+
+
 def check_world_size(cfg: TrainConfig, world_size: int) -> None:
     """Each process needs as many gated as non-gated scans, at least one of each."""
     if cfg.batch_size % (2 * world_size):
@@ -690,6 +717,7 @@ def _train(
     nongated = [i for i, s in enumerate(train_scans) if not s.gated]
     _check_crop_grid(train_scans[0], train_rows.iloc[0].to_dict(), record)
     check_patch_size(cfg, train_scans[0].hu.shape)
+    warn_nondeterministic_bf16(cfg, train_scans[0].hu.shape, amp)
 
     torch.manual_seed(cfg.seed)  # initial weights; each epoch reseeds from (seed, epoch)
     core = build_model(cfg.model, dict(cfg.model_config)).to(device)
