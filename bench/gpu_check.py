@@ -17,7 +17,7 @@ command that spends them well.  In order:
      the config's optimizer and bf16 autocast + channels_last_3d, the real
      training step (:func:`cacs.train._train_step`) on synthetic crops; plus
      the validation forward per scan (:func:`cacs.train.evaluate_bias`);
-   * one real localizer epoch (:func:`cacs.localizer._train_epoch` and the
+   * one real localizer epoch (:func:`cacs.localizer.training._train_epoch` and the
      held-out Dice) over as many synthetic SegTHOR-size cases as the
      config's SegTHOR training set;
    * ``cacs infer`` on realistic 512 x 512 x 60 DICOM scans with the
@@ -226,7 +226,7 @@ def _segthor_case(case_id: str, shape_zyx: tuple[int, int, int], params, seed: i
     """A coarse SegTHOR-size training case (normalised image, heart ellipsoid), padded as the localizer pads."""
     import numpy as np
 
-    from cacs.localizer import _Case
+    from cacs.localizer.training import _Case
 
     rng = np.random.default_rng(seed)
     z, y, x = np.ogrid[: shape_zyx[0], : shape_zyx[1], : shape_zyx[2]]
@@ -245,7 +245,8 @@ def bench_localizer() -> dict[str, Any]:
     import torch
     from monai.losses import DiceCELoss
 
-    from cacs.localizer import LocalizerParams, _split_cases, _train_epoch, _validate, build_unet
+    from cacs.localizer import LocalizerParams, build_unet
+    from cacs.localizer.training import _split_cases, _train_epoch, _validate
     from cacs.synth.presets import get_preset
 
     cfg = load_config("coca")

@@ -107,6 +107,7 @@ def _worker(index_csv: str, out_dir: str, record_dir: str, epochs: str) -> None:
     import faulthandler
 
     import cacs.train as train_module
+    import cacs.training_loop as loop_module
 
     faulthandler.dump_traceback_later(WORKER_TIMEOUT_S, exit=True)  # a hang fails the test with every stack
     torch.set_num_threads(1)
@@ -128,6 +129,7 @@ def _worker(index_csv: str, out_dir: str, record_dir: str, epochs: str) -> None:
         return batch(scans, device, channels_last)
 
     train_module.write_torch, train_module.write_csv, train_module._batch = spy_torch, spy_csv, spy_batch
+    loop_module.write_torch, loop_module.write_csv = spy_torch, spy_csv  # checkpoint.pt and metrics.csv per epoch
     train_module.train_experiment("ddp", Path(index_csv), Path(out_dir), TrainConfig(epochs=int(epochs), **DDP_CFG))
     Path(record_dir, f"rank{rank}_epochs{epochs}.json").write_text(json.dumps({"writes": writes, "seen": seen}))
 

@@ -12,7 +12,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cacs import localizer as loc
 from cacs.io.nifti import Geometry, read_volume
 from cacs.localizer import (
     LocalizerParams,
@@ -22,6 +21,7 @@ from cacs.localizer import (
     load_localizer,
     mask_bounding_box_mm,
     mask_volume_ml,
+    network,
     predict_heart,
     prepare_input,
     resample_to_spacing,
@@ -279,7 +279,7 @@ def test_predict_heart_keeps_only_the_largest_component(trained, monkeypatch):
         pred[20:23, 30:33, 30:33] = 1  # a stray blob that would stretch the box
         return pred
 
-    monkeypatch.setattr(loc, "_coarse_argmax", fake_argmax)
+    monkeypatch.setattr(network, "_coarse_argmax", fake_argmax)
     mask, cg = predict_heart(model, params, hu, geometry)
     assert mask.sum() == 1000 and mask[21, 31, 31] == 0
     lo, hi = mask_bounding_box_mm(mask, cg)

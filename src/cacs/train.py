@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -63,6 +62,7 @@ from cacs.devices import DistributedEnv, distributed_env, process_group, resolve
 from cacs.io.atomic import write_csv, write_torch
 from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
 from cacs.models import build_model, make_config
+from cacs.training_loop import EpochLoop, changed_keys, mean_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -564,18 +564,6 @@ def _wrap(core: torch.nn.Module, env: DistributedEnv, device: torch.device) -> t
     return DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _mean_over_ranks(sums: dict[str, float], device: torch.device, env: DistributedEnv) -> dict[str, float]:
-    """Loss sums of an epoch averaged over the ranks: the metrics of the whole batches (equal shares)."""
-    if not env.enabled:
-        return sums
-    import torch.distributed as dist
-
-    keys = list(sums)  # insertion order: the same on every rank (same loss terms)
-    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v / env.world_size for k, v in zip(keys, t.tolist(), strict=True)}
-
-
 def _sync_buffers(core: torch.nn.Module, env: DistributedEnv) -> None:
     """Rank 0's BatchNorm running statistics to every rank (each updated them on its own share)."""
     if env.enabled:
@@ -729,40 +717,35 @@ def _train(
     loss_cfg = LossConfig(**cfg.loss) if cfg.model == "spss" else None
     optimizer = make_optimizer(cfg, core.parameters())
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    metrics: list[dict] = []
-    start = 0
     # What a checkpoint must share to be continued: everything but the device and,
     # with SGDR (whose rate depends on the epoch alone), the epoch count.
     free = ("epochs", "device") if cfg.schedule == "sgdr" else ("device",)
     cfg_json = json.dumps({k: v for k, v in asdict(cfg).items() if k not in free}, sort_keys=True)
     data = data_fingerprint(pd.concat([train_rows, val_rows]))
-    if ckpt_path.exists():  # every rank reads it: rank 0 writes again only after an epoch all ranks take part in
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+
+    def compatible(saved: dict) -> str:
         if saved.get("data") != data:
-            log.warning("%s: checkpoint %s was trained on other crops (%s); training from scratch", name, ckpt_path,
-                        index_csv)  # fmt: skip
-        elif saved.get("config") == cfg_json and saved["epoch"] <= cfg.epochs:
-            core.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            metrics, start = saved["metrics"], int(saved["epoch"])
-            if main:
-                log.info("%s: resuming after epoch %d", name, start)
-            if saved.get("world_size", 1) != env.world_size and main:
-                log.info("%s: checkpoint written by %d process(es), continued by %d: same batches, other "
-                         "negative-sampling streams", name, saved.get("world_size", 1), env.world_size)  # fmt: skip
-        else:
-            log.warning("%s: checkpoint %s is from another configuration; training from scratch", name, ckpt_path)
+            return f"it was trained on other crops (not those of {index_csv})"
+        if saved.get("config") != cfg_json:
+            old = json.loads(saved["config"]) if isinstance(saved.get("config"), str) else {}
+            return f"it is from another configuration ({', '.join(changed_keys(old, json.loads(cfg_json)))})"
+        return ""
+
+    loop = EpochLoop(name, log, out_dir, core, optimizer, cfg.seed, cfg.epochs,
+                     identity={"config": cfg_json, "data": data, "world_size": env.world_size},
+                     compatible=compatible, main=main)  # fmt: skip
+    saved = loop.resume()
+    if saved is not None and saved.get("world_size", 1) != env.world_size and main:
+        log.info("%s: checkpoint written by %d process(es), continued by %d: same batches, other "
+                 "negative-sampling streams", name, saved.get("world_size", 1), env.world_size)  # fmt: skip
     model = _wrap(core, env, device)
     half = cfg.batch_size // 2
     steps = cfg.steps_per_epoch or math.ceil(max(len(gated), len(nongated)) / half)
-    for epoch in range(start + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
+
+    def train_epoch(epoch: int, seed: int) -> dict[str, float]:
+        """One epoch's steps; all its randomness derives from ``seed`` (the loop's (seed, epoch) seed)."""
         if cfg.schedule == "sgdr":
             lr = learning_rate(cfg, epoch)
-        # All randomness of an epoch derives from (seed, epoch): resuming replays it exactly.
-        seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
-        torch.manual_seed(seed)
         generator = torch.Generator(device=device).manual_seed(_rank_seed(cfg, epoch, seed, env.rank))
         rng = np.random.default_rng(seed)
         batches = plan_epoch(train_scans, gated, nongated, half, steps, cfg, rng)  # same plan on every rank
@@ -779,20 +762,14 @@ def _train(
             parts = _train_step(model, cfg, loss_cfg, groups, device, amp, generator, optimizer)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        sums = _mean_over_ranks(sums, device, env)
-        row = {"epoch": epoch, "lr": lr, **{f"loss_{k}": v / len(batches) for k, v in sums.items()}}
+        sums = mean_over_ranks(sums, device, env.world_size)
+        return {"lr": lr, **{f"loss_{k}": v / len(batches) for k, v in sums.items()}}
+
+    def validate(epoch: int) -> dict[str, float]:
         _sync_buffers(core, env)
-        row.update(_evaluate(core, cfg, val_scans, device, amp, env))
-        row["seconds"] = time.perf_counter() - t0
-        metrics.append(row)
-        _check_ranks_agree(core, env, device)
-        if main:
-            checkpoint = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "metrics": metrics, "config": cfg_json, "data": data,
-                          "world_size": env.world_size}  # fmt: skip
-            write_torch(ckpt_path, checkpoint)
-            write_csv(out_dir / "metrics.csv", pd.DataFrame(metrics))
-            log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+        return _evaluate(core, cfg, val_scans, device, amp, env)
+
+    metrics = loop.run(train_epoch, validate, on_epoch_end=lambda epoch, row: _check_ranks_agree(core, env, device))
     frame = pd.DataFrame(metrics)
     if main:
         weights = {k: v.cpu() for k, v in core.state_dict().items()}
