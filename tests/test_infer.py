@@ -15,7 +15,8 @@ import pytest
 
 import cacs.infer as infer_module
 from cacs.agatston import AgatstonParams, agatston_scores
-from cacs.bundle import Given, experiment_settings, plain
+from cacs.bundle import Given, plain
+from cacs.bundle_settings import experiment_settings
 from cacs.cli import build_parser, main
 from cacs.cli_evaluate import infer_settings
 from cacs.crop import CropParams

@@ -119,7 +119,7 @@ def experiment_bundle(
     data_source: str | None = None,
 ) -> dict[str, Any]:
     """The bundle of an experiment's ``model.pt`` (see the module docstring)."""
-    from cacs.train import HU_CLIP, HU_SCALE
+    from cacs.models.inputs import HU_CLIP, HU_SCALE
 
     sections = {
         "network": {"model": train_config["model"], "model_config": train_config.get("model_config") or {}},
@@ -261,34 +261,3 @@ def given_from(section: str, obj: Any | None, source: str) -> list[Given]:
     if obj is None:
         return []
     return [Given(section, k, v, f"{source}.{k}") for k, v in plain(obj).items()]
-
-
-def experiment_settings(bundle: dict[str, Any], given: list[Given], where: Path | str, whose: str = "the model's"):
-    """The crop, Agatston and plausibility settings of a model's bundle (or a crop record), checked against the given.
-
-    A given value that contradicts the recorded one is refused; where no
-    plausibility range was recorded, the given one (the last given of each
-    key) is used, else ``None``.
-    """
-    from cacs.agatston import AgatstonParams
-    from cacs.crop import CropParams
-    from cacs.heart_boxes import Plausibility
-
-    plaus = bundle.get("plausibility")
-    recorded = {"crop": bundle["crop"], "agatston": bundle["agatston"], "plausibility": plaus}
-    given = list(given)
-    check_given(given, recorded, whose, where)
-    if plaus is None:
-        chosen = {g.key: g.value for g in given if g.section == "plausibility"}
-        plaus = chosen or None
-    crop = dict(bundle["crop"])
-    crop.update(model_spacing_mm=tuple(crop["model_spacing_mm"]), model_size=tuple(crop["model_size"]),
-                fallback_box_mm=tuple(crop["fallback_box_mm"]))  # fmt: skip
-    agatston = dict(bundle["agatston"])
-    if "weight_edges" in agatston:
-        agatston["weight_edges"] = tuple(agatston["weight_edges"])
-    plausibility = None
-    if plaus is not None:
-        plausibility = Plausibility(float(plaus.get("min_heart_ml", Plausibility.min_heart_ml)),
-                                    float(plaus.get("max_heart_ml", Plausibility.max_heart_ml)))  # fmt: skip
-    return CropParams(**crop), AgatstonParams(**agatston), plausibility

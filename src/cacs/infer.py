@@ -34,7 +34,8 @@ import pandas as pd
 
 from cacs import SCORE_COLUMNS, __version__
 from cacs.agatston import AgatstonParams
-from cacs.bundle import Given, experiment_settings, file_sha256, given_from
+from cacs.bundle import Given, file_sha256, given_from
+from cacs.bundle_settings import experiment_settings
 from cacs.crop import CropParams, crop_case
 from cacs.cvd import cvd_rank, rank_name
 from cacs.heart_boxes import Plausibility, heart_box

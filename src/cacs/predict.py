@@ -49,7 +49,6 @@ from cacs.bundle import (
     Given,
     crop_meta_path,
     describe,
-    experiment_settings,
     given_from,
     plain,
     read_json,
@@ -57,16 +56,17 @@ from cacs.bundle import (
     same,
     show,
 )
+from cacs.bundle_settings import experiment_settings
 from cacs.crop import CropParams
 from cacs.cvd import cvd_rank
 from cacs.devices import resolve_device
 from cacs.io.atomic import write_csv
 from cacs.io.nifti import Geometry, read_volume, write_volume
 from cacs.models import build_model
+from cacs.models.inputs import HU_CLIP, HU_SCALE
 from cacs.models.spss import SPSSOutput
 from cacs.native_scoring import class_probabilities, roundtrip_labels, score_native, to_native
 from cacs.prediction_table import CONTRACT_COLUMNS
-from cacs.train import HU_CLIP, HU_SCALE
 
 log = logging.getLogger(__name__)
 

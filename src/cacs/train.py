@@ -51,24 +51,21 @@ from cacs.bundle import (
     Given,
     crop_meta_path,
     experiment_bundle,
-    experiment_settings,
     given_from,
     plain,
     read_json,
     show,
 )
+from cacs.bundle_settings import experiment_settings
 from cacs.crop import CropParams
 from cacs.devices import DistributedEnv, distributed_env, process_group, resolve_device
 from cacs.io.atomic import write_csv, write_torch
 from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
 from cacs.models import build_model, make_config
+from cacs.models.inputs import HU_CLIP, HU_SCALE  # also re-exported: `from cacs.train import HU_SCALE`
 from cacs.training_loop import EpochLoop, changed_keys, mean_over_ranks
 
 log = logging.getLogger(__name__)
-
-HU_CLIP = (-1024.0, 3071.0)
-HU_SCALE = 1000.0  # network input = clip(HU) / 1000: soft tissue ~0, calcium 0.13..3
-
 
 @dataclass(frozen=True)
 class TrainConfig:
