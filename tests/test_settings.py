@@ -40,6 +40,7 @@ def test_precedence_default_json_option():
     section = json.dumps({"margin_mm": 10, "size": [1, 2, 3], "augment": False})
     from_json = settings_from(parse(), Demo, section)
     assert (from_json.margin_mm, from_json.size, from_json.augment, from_json.mode) == (10, (1, 2, 3), False, "grow")
+    assert isinstance(settings_from(parse(), Demo, '{"margin_mm": 10}').margin_mm, float)  # as the option parses it
     both = settings_from(parse("--margin-mm", "5", "--augment", "--widths", "4", "8", "16"), Demo, section)
     assert (both.margin_mm, both.size, both.augment, both.widths) == (5.0, (1, 2, 3), True, (4, 8, 16))
 
@@ -164,8 +165,8 @@ def test_every_stage_rule_passes_its_section_json():
     text = "\n".join(p.read_text() for p in SMK)
     for command in ("synth", "ingest gated", "ingest nongated", "ingest segthor", "split", "train-localizer",
                     "predict-heart", "crop", "train", "evaluate", "figures"):  # fmt: skip
-        shell = re.search(rf'\{{params\.(?:cacs|launcher)\}} {command} .*?> \{{log\}}', text, re.S)
+        shell = re.search(rf"\{{params\.(?:cacs|launcher)\}} {command} .*?> \{{log\}}", text, re.S)
         assert shell and "--config-json" in shell.group(0), command
     for command in ("ingest gated", "crop", "train", "predict"):
-        shell = re.search(rf'\{{params\.(?:cacs|launcher)\}} {command} .*?> \{{log\}}', text, re.S)
+        shell = re.search(rf"\{{params\.(?:cacs|launcher)\}} {command} .*?> \{{log\}}", text, re.S)
         assert "--agatston-json" in shell.group(0), command

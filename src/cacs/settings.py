@@ -206,11 +206,27 @@ def section_values(
     known = [f.name for f in option_fields(cls, only)]
     check_keys(section, known, option)
     hints = _hints(cls)
-    values = {}
-    for key, value in section.items():
-        tp, _ = _strip_none(hints[key])
-        values[key] = tuple(value) if isinstance(value, list) and typing.get_origin(tp) is tuple else value
+    values = {key: _coerce(hints[key], value) for key, value in section.items()}
     return values | given_options(args, cls, only)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """A JSON value as the option would have parsed it: arrays as tuples, whole numbers as floats where float.
+
+    So ``{"margin_xy_mm": 16}`` gives the same dataclass (and the same recorded settings) as ``--margin-xy-mm 16``.
+    """
+    tp, _ = _strip_none(tp)
+    if value is None:
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(tp) is tuple and isinstance(value, list | tuple):
+        items = typing.get_args(tp)
+        kinds = [items[0]] * len(value) if len(items) == 2 and items[1] is Ellipsis else list(items)
+        if len(kinds) == len(value):
+            return tuple(_coerce(k, v) for k, v in zip(kinds, value, strict=True))
+        return tuple(value)  # the dataclass reports the wrong length
+    return value
 
 
 def settings_from(
