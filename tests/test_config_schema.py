@@ -43,12 +43,64 @@ def test_shipped_configs_validate(name):
 
 
 def test_defaults_fill_a_minimal_config():
+    """The schema fills in the workflow's own keys; a command's settings are left to its dataclass."""
     cfg = {"data": {"source": "local", "coca_root": "/c", "segthor_root": "/s"}}
     validate(cfg, str(SCHEMA))
-    assert cfg["agatston"]["threshold_hu"] == 130
-    assert cfg["split"] == {"train": 0.6, "val": 0.15, "test": 0.25, "seed": 42}
-    assert cfg["data"]["paired_ids"] is False
-    assert cfg["ingest"]["workers"] >= 1
+    assert cfg["agatston"] == {} and cfg["split"] == {}  # AgatstonParams, SplitParams fill them in
+    assert cfg["ingest"]["workers"] >= 1 and cfg["train"]["gpus"] == 1
+
+
+# Config section -> (dataclass that owns its settings, the fields it reads from the section).
+# Every other key of the section is the workflow's own (a job setting or path) and keeps its schema default.
+OWNERS = {
+    "synthetic": ("cacs.synth.cohort:SynthOptions", {"truth_dir", "workers"}),
+    "agatston": ("cacs.agatston.params:AgatstonParams", set()),
+    "split": ("cacs.split:SplitParams", set()),
+    "localizer": ("cacs.localizer:LocalizerParams", {"gpus", "require_gpu", "min_heart_ml", "max_heart_ml"}),
+    "crop": ("cacs.crop:CropParams", {"workers"}),
+    "train": ("cacs.train:TrainConfig", {"gpus", "threads", "require_gpu"}),
+    "evaluate": ("cacs.evaluate:EvaluateParams", {"report"}),
+}
+
+
+def _owner(path):
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("section", sorted(OWNERS))
+def test_schema_repeats_no_dataclass_default(section):
+    """Defaults live once: in the dataclass. The schema types a setting but gives it no default."""
+    import dataclasses
+
+    from cacs.heart_boxes import Plausibility
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"][section]["properties"]
+    path, workflow_keys = OWNERS[section]
+    owned = {f.name for f in dataclasses.fields(_owner(path))}
+    if section == "localizer":
+        owned |= {f.name for f in dataclasses.fields(Plausibility)}
+        workflow_keys = workflow_keys - owned
+    for key, spec in schema.items():
+        assert key in owned or key in workflow_keys, f"{section}.{key}: no dataclass field and no workflow key"
+        if key in workflow_keys:  # read by the workflow itself (threads, resources, paths)
+            assert "default" in spec, f"{section}.{key}: a workflow key needs its default here"
+        else:
+            assert "default" not in spec, f"{section}.{key}: its default lives in {path}"
+    top = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert "default" not in top["strict"] and "default" not in top["data"]["properties"]["paired_ids"]  # IngestOptions
+
+
+def test_default_config_spells_every_setting():
+    """config.yaml is merged under every --configfile and spells every setting that has no schema default,
+    so the rules may read such keys directly (the device of predict_heart, predict_model; the report captions)."""
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    cfg = load("config.yaml")
+    for section in OWNERS:
+        props = schema[section]["properties"]
+        assert {k for k, spec in props.items() if "default" not in spec} <= set(cfg[section]), section
 
 
 def test_coca_config_follows_the_paper():

@@ -14,11 +14,19 @@ import sys
 from pathlib import Path
 
 from cacs import SCORE_COLUMNS, __version__
-from cacs.cli_common import add_agatston_options, add_device_options, agatston_params, given_agatston
+from cacs.cli_common import (
+    DATA_SOURCE_HELP,
+    DEVICES,
+    LazyParser,
+    add_agatston_options,
+    add_config_json,
+    add_device_options,
+    agatston_params,
+    given_agatston,
+)
+from cacs.settings import add_dataclass_options, settings_from
 
 log = logging.getLogger("cacs")
-
-DATA_SOURCE_HELP = "recorded in the model file: synthetic | local | download (config data.source)"
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -36,15 +44,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from cacs.synth.cohort import SynthOptions, generate_cohort
 
-    opts = SynthOptions(
-        preset=args.preset,
-        seed=args.seed,
-        n_patients=args.n_patients,
-        n_segthor_train=args.n_segthor_train,
-        n_segthor_test=args.n_segthor_test,
-        traps=not args.no_traps,
-        workers=args.workers,
-    )
+    opts = settings_from(args, SynthOptions, args.config_json)
     generate_cohort(opts, Path(args.coca_root), Path(args.segthor_root), Path(args.truth_dir))
     return 0
 
@@ -52,12 +52,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from cacs.ingest import IngestOptions, run_ingest
 
-    opts = IngestOptions(
-        workers=args.workers,
-        strict=args.strict,
-        paired_ids=args.paired_ids,
-        agatston=agatston_params(args),
-    )
+    opts = settings_from(args, IngestOptions, args.config_json, agatston=agatston_params(args))
     run_ingest(args.cohort, Path(args.root), Path(args.out_dir), Path(args.table), Path(args.qc), opts)
     return 0
 
@@ -75,35 +70,18 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from cacs.split import split_cases
+    from dataclasses import asdict
 
-    split_cases(
-        Path(args.cases),
-        Path(args.out),
-        train=args.train,
-        val=args.val,
-        test=args.test,
-        seed=args.seed,
-    )
+    from cacs.split import SplitParams, split_cases
+
+    split_cases(Path(args.cases), Path(args.out), **asdict(settings_from(args, SplitParams, args.config_json)))
     return 0
 
 
 def _cmd_train_localizer(args: argparse.Namespace) -> int:
     from cacs.localizer import LocalizerParams, train_localizer
 
-    params = LocalizerParams(
-        spacing_mm=tuple(args.spacing_mm),
-        hu_window=tuple(args.hu_window),
-        channels=tuple(args.channels),
-        patch_size=tuple(args.patch_size),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        augment=args.augment,
-        device=args.device,
-    )
+    params = settings_from(args, LocalizerParams, args.config_json)
     train_localizer(Path(args.segthor_table), Path(args.out_dir), params, require_gpu=args.require_gpu,
                     data_source=args.data_source)  # fmt: skip
     return 0
@@ -117,7 +95,7 @@ def _cmd_predict_heart(args: argparse.Namespace) -> int:
         Path(args.model),
         Path(args.out_dir),
         Path(args.table),
-        Plausibility(args.min_heart_ml, args.max_heart_ml),
+        settings_from(args, Plausibility, args.config_json),
         device=args.device,
         require_gpu=args.require_gpu,
     )
@@ -127,15 +105,7 @@ def _cmd_predict_heart(args: argparse.Namespace) -> int:
 def _cmd_crop(args: argparse.Namespace) -> int:
     from cacs.crop import CropParams, crop_all
 
-    params = CropParams(
-        margin_xy_mm=args.margin_xy_mm,
-        margin_z_mm=args.margin_z_mm,
-        model_spacing_mm=tuple(args.model_spacing_mm),
-        model_size=tuple(args.model_size),
-        fallback_box_mm=tuple(args.fallback_box_mm),
-        guard=args.guard,
-        guard_shell_mm=args.guard_shell_mm,
-    )
+    params = settings_from(args, CropParams, args.config_json)
     crop_all(
         Path(args.cases),
         Path(args.boxes),
@@ -171,22 +141,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class(path: str):
+    """``"cacs.crop:CropParams"`` -> the class, imported when its command is parsed (``cacs --help`` stays fast)."""
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _settings(p: LazyParser, path: str, section: str, choices_from: dict[str, str] | None = None, **options) -> None:
+    """``--config-json`` (config section ``section``) and one option per field of the dataclass at ``path``.
+
+    ``choices_from``: field -> ``"module:NAME"`` of the allowed values, imported with the class.
+    """
+    add_config_json(p, section)
+
+    def register(q: argparse.ArgumentParser) -> None:
+        choices = {k: tuple(_class(v)) for k, v in (choices_from or {}).items()} | options.pop("choices", {})
+        add_dataclass_options(q, _class(path), title=f"config section {section} ({path})", choices=choices, **options)
+
+    p.defer(register)
+
+
+def _agatston(p: LazyParser, defaults: bool = True) -> None:
+    p.defer(lambda q: add_agatston_options(q, defaults=defaults))
+
+
+LOCALIZER_HELPS = {
+    "spacing_mm": "coarse grid the localizer works on",
+    "hu_window": "clip, then scale to [-1, 1]",
+    "channels": "UNet widths; len - 1 downsampling steps",
+    "patch_size": "training patch / inference window in coarse voxels",
+    "val_fraction": "held-out share of SegTHOR training cases",
+    "augment": "random flips and intensity jitter",
+    "device": "auto: the GPU the scheduler made visible, else the CPU with a warning (single GPU)",
+}
+CROP_HELPS = {
+    "margin_xy_mm": "axial extension of the heart box",
+    "margin_z_mm": "extension of the heart box along z",
+    "model_spacing_mm": "model grid",
+    "model_size": "model grid voxels",
+    "fallback_box_mm": "box around the image centre (all of z) when the heart prediction fails",
+    "guard": "calcium-like voxels just outside the heart box: grow the box, flag the scan, or off",
+    "guard_shell_mm": "how far outside the box the guard looks",
+}
+
+
 def _add_localize_parsers(sub) -> None:
     p = sub.add_parser("train-localizer", help="train the 3D UNet heart localizer on SegTHOR (resumable)")
     p.add_argument("--segthor-table", required=True, help="segthor.csv from ingest")
     p.add_argument("--out-dir", required=True, help="model.pt, checkpoint.pt, metrics.csv, dice.csv go here")
-    p.add_argument("--spacing-mm", type=float, nargs=3, default=(4.0, 4.0, 4.0), metavar=("X", "Y", "Z"))
-    p.add_argument("--hu-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"))
-    p.add_argument("--channels", type=int, nargs="+", default=(16, 32, 64, 128, 256))
-    p.add_argument("--patch-size", type=int, nargs=3, default=(96, 96, 64), metavar=("X", "Y", "Z"))
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of SegTHOR training cases")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--data-source", help=DATA_SOURCE_HELP)
-    add_device_options(p, "localizer", "single GPU: the localizer does not use several")
+    add_device_options(p, "localizer", "single GPU: the localizer does not use several", device=False)
+    _settings(p, "cacs.localizer:LocalizerParams", "localizer", helps=LOCALIZER_HELPS, choices={"device": DEVICES})
     p.set_defaults(func=_cmd_train_localizer)
 
     p = sub.add_parser("predict-heart", help="heart mask and bounding box (mm) for every COCA scan")
@@ -194,9 +201,10 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--model", required=True, help="model.pt from train-localizer")
     p.add_argument("--out-dir", required=True, help="one <case_id>.json per scan")
     p.add_argument("--table", required=True, help="all boxes as CSV")
-    p.add_argument("--min-heart-ml", type=float, default=150.0, help="smaller predictions are implausible")
-    p.add_argument("--max-heart-ml", type=float, default=1500.0, help="larger predictions are implausible")
     add_device_options(p, "localizer", "single GPU")
+    _settings(p, "cacs.heart_boxes:Plausibility", "localizer (min_heart_ml, max_heart_ml)",
+              helps={"min_heart_ml": "smaller predictions are implausible",
+                     "max_heart_ml": "larger predictions are implausible"})  # fmt: skip
     p.set_defaults(func=_cmd_predict_heart)
 
     p = sub.add_parser("crop", help="crop scans to heart box + margin and resample to the model grid")
@@ -206,16 +214,10 @@ def _add_localize_parsers(sub) -> None:
     p.add_argument("--index", required=True, help="crop table (index of the cached crops)")
     p.add_argument("--containment", required=True, help="reference calcium kept per gated scan")
     p.add_argument("--qc", required=True, help="fallbacks and calcium losses")
-    p.add_argument("--margin-xy-mm", type=float, default=16.0)
-    p.add_argument("--margin-z-mm", type=float, default=10.0)
-    p.add_argument("--model-spacing-mm", type=float, nargs=3, default=(1.5, 1.5, 3.0), metavar=("X", "Y", "Z"))
-    p.add_argument("--model-size", type=int, nargs=3, default=(128, 128, 48), metavar=("X", "Y", "Z"))
-    p.add_argument("--fallback-box-mm", type=float, nargs=2, default=(160.0, 160.0), metavar=("X", "Y"))
-    p.add_argument("--guard", choices=("grow", "flag", "off"), default="grow",
-                   help="calcium-like voxels just outside the heart box: grow the box, flag the scan, or off")
-    p.add_argument("--guard-shell-mm", type=float, default=10.0, help="how far outside the box the guard looks")
-    p.add_argument("--workers", type=int, default=1)
-    add_agatston_options(p)
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (config crop.workers); default: 1")
+    guard = {"guard": "cacs.crop_guard:GUARD_MODES"}
+    _settings(p, "cacs.crop:CropParams", "crop", choices_from=guard, helps=CROP_HELPS)
+    _agatston(p)
     p.set_defaults(func=_cmd_crop)
 
     p = sub.add_parser("train", help="train one experiment (SPSS, an ablation or the ConvNet) on the crops")
@@ -231,12 +233,12 @@ def _add_localize_parsers(sub) -> None:
         "is --config-json's 'device'; several GPUs: start this command with torchrun --nproc_per_node N -m cacs",
     )
     p.add_argument("--data-source", help=DATA_SOURCE_HELP)
-    add_agatston_options(p, defaults=False)  # the crops' convention (index.json); given ones must equal it
+    _agatston(p, defaults=False)  # the crops' convention (index.json); given ones must equal it
     p.set_defaults(func=_cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cacs", description=__doc__.splitlines()[0])
+    parser = LazyParser(prog="cacs", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cacs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,20 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="CT volume in HU (NIfTI or anything SimpleITK reads)")
     p.add_argument("labels", help="label map on the same grid (0 bg, 1 LM, 2 LCX, 3 LAD, 4 RCA)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a CSV row")
-    add_agatston_options(p)
+    _agatston(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("synth", help="generate the synthetic COCA/SegTHOR cohort in real formats")
-    p.add_argument("--preset", choices=("tiny", "small", "realistic"), default="small")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--n-patients", type=int, default=None, help="override the preset")
-    p.add_argument("--n-segthor-train", type=int, default=None, help="override the preset")
-    p.add_argument("--n-segthor-test", type=int, default=None, help="override the preset")
-    p.add_argument("--no-traps", action="store_true", help="omit COCA's layout traps")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--coca-root", required=True)
     p.add_argument("--segthor-root", required=True)
     p.add_argument("--truth-dir", required=True, help="generator ground truth (outside COCA tree)")
+    _settings(p, "cacs.synth.cohort:SynthOptions", "synthetic",
+              helps={"n_patients": "none: the preset's", "n_segthor_train": "none: the preset's",
+                     "n_segthor_test": "none: the preset's", "traps": "reproduce COCA's layout traps",
+                     "workers": "parallel processes"},
+              choices={"preset": ("tiny", "small", "realistic")})  # fmt: skip
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("ingest", help="convert one cohort's raw files into NIfTI + a case table")
@@ -267,14 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="folder for the NIfTI volumes")
     p.add_argument("--table", required=True, help="CSV of ingested cases")
     p.add_argument("--qc", required=True, help="CSV of problems found (case, file, problem, action)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--strict", action="store_true", help="any warning or error is fatal")
-    p.add_argument(
-        "--paired-ids",
-        action="store_true",
-        help="gated and non-gated folders with the same id are the same patient",
-    )
-    add_agatston_options(p)
+    _settings(p, "cacs.ingest:IngestOptions", "strict, data.paired_ids, ingest.workers",
+              helps={"strict": "any warning or error is fatal (config strict)",
+                     "paired_ids": "gated and non-gated folders with the same id are the same patient "
+                                   "(config data.paired_ids)",
+                     "workers": "parallel processes"})  # fmt: skip
+    _agatston(p)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("collect", help="merge per-cohort tables into cases.csv and qc.csv")
@@ -287,10 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="patient-level seeded train/val/test split")
     p.add_argument("--cases", required=True, help="cases.csv from ingest")
     p.add_argument("--out", required=True, help="cases.csv with a split column")
-    p.add_argument("--train", type=float, required=True)
-    p.add_argument("--val", type=float, required=True)
-    p.add_argument("--test", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    _settings(p, "cacs.split:SplitParams", "split", helps={"train": "patient share", "val": "patient share",
+                                                          "test": "patient share"})  # fmt: skip
     p.set_defaults(func=_cmd_split)
 
     _add_localize_parsers(sub)

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 
 from cacs import SCORE_COLUMNS
-from cacs.cli_common import AGATSTON_KEYS, add_agatston_options, add_device_options, given_agatston
+from cacs.cli_common import (
+    AGATSTON_KEYS,
+    add_agatston_options,
+    add_config_json,
+    add_device_options,
+    agatston_option,
+    given_agatston,
+)
+from cacs.settings import add_dataclass_options, settings_from
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -30,15 +38,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cacs.evaluate import run_evaluate
+    from cacs.evaluate import EvaluateParams, run_evaluate
 
-    run_evaluate(
-        [Path(p) for p in args.predictions],
-        Path(args.out_dir),
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-        data_source=args.data_source,
-    )
+    params = settings_from(args, EvaluateParams, args.config_json, only=EVALUATE_KEYS)
+    run_evaluate([Path(p) for p in args.predictions], Path(args.out_dir), n_bootstrap=params.n_bootstrap,
+                 seed=params.seed, data_source=args.data_source)  # fmt: skip
     return 0
 
 
@@ -53,15 +57,17 @@ def _curves(pairs: list[str]) -> dict[str, Path]:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from cacs.evaluate import EvaluateParams
     from cacs.figures import write_all_figures
 
+    params = settings_from(args, EvaluateParams, args.config_json, only=FIGURES_KEYS)
     write_all_figures(
         [Path(p) for p in args.predictions],
         Path(args.metrics),
         _curves(args.curves),
         Path(args.out_dir),
         data_source=args.data_source,
-        n_examples=args.n_examples,
+        n_examples=params.n_examples,
     )
     return 0
 
@@ -108,8 +114,7 @@ def infer_settings(args: argparse.Namespace) -> list:
     for key, (section, _) in INFER_SETTINGS.items():
         value = getattr(args, key, None)
         if value is not None:
-            option = "--no-slice-correction" if key == "slice_correction" else "--" + key.replace("_", "-")
-            given.append(Given(section, key, value, option))
+            given.append(Given(section, key, value, agatston_option(key, value)))
     return given
 
 
@@ -189,22 +194,39 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-seg", dest="seg", action="store_false", help="do not write the DICOM SEG (seg.dcm)")
     p.add_argument("--no-qc-page", dest="qc_page", action="store_false", help="do not write qc.png / qc.pdf")
     model = "default and only allowed value: the model's"
-    p.add_argument("--margin-xy-mm", type=float, help=model)
-    p.add_argument("--margin-z-mm", type=float, help=model)
-    p.add_argument("--model-spacing-mm", type=float, nargs=3, metavar=("X", "Y", "Z"), help=f"{model} crop grid")
-    p.add_argument("--model-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help=model)
-    p.add_argument("--fallback-box-mm", type=float, nargs=2, metavar=("X", "Y"), help=model)
-    p.add_argument("--guard", choices=("grow", "flag", "off"), help=f"crop guard; {model}")
-    p.add_argument("--guard-shell-mm", type=float, help=model)
-    p.add_argument("--min-heart-ml", type=float, help=f"{model} (the built-in 150 if it recorded none)")
-    p.add_argument("--max-heart-ml", type=float, help=f"{model} (the built-in 1500 if it recorded none)")
-    add_agatston_options(p, defaults=False)
+
+    def register(q: argparse.ArgumentParser) -> None:
+        from cacs.crop import CropParams
+        from cacs.heart_boxes import Plausibility
+
+        add_dataclass_options(q, CropParams, default_note=model, title="crop grid (the model's; checked)")
+        add_dataclass_options(q, Plausibility, default_note=f"{model}, else the built-in default",
+                              title="heart-volume range (the model's; checked)")  # fmt: skip
+        add_agatston_options(q, defaults=False, json_option=False)
+
+    p.defer(register)
     p.add_argument(
         "--kvp-thresholds",
         metavar="KVP=HU,...",
         help="opt-in kVp-dependent threshold, e.g. 80=167,100=147,120=130: the scan's KVP tag picks it and the "
         "weight edges scale with it; a scan of another kVp (or without one) is refused. No default table",
     )
+
+
+EVALUATE_KEYS = ("n_bootstrap", "seed")
+FIGURES_KEYS = ("n_examples",)
+"""The fields of :class:`cacs.evaluate.EvaluateParams` (config section evaluate) each command reads."""
+
+
+def _evaluate_settings(p, keys: tuple[str, ...], helps: dict[str, str]) -> None:
+    add_config_json(p, f"evaluate ({', '.join(keys)})")
+
+    def register(q: argparse.ArgumentParser) -> None:
+        from cacs.evaluate import EvaluateParams
+
+        add_dataclass_options(q, EvaluateParams, only=keys, helps=helps, title="config section evaluate")
+
+    p.defer(register)
 
 
 def add_parsers(sub) -> None:
@@ -217,15 +239,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--split", default="test", help="which split to predict")
     add_device_options(p, "train", "prediction uses one GPU")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    add_agatston_options(p, defaults=False)  # the model's convention; given ones must equal it
+    p.defer(lambda q: add_agatston_options(q, defaults=False))  # the model's convention; given ones must equal it
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="statistics of the predictions: metrics.json, Table 1, kappas")
     p.add_argument("--predictions", nargs="+", required=True, help="prediction tables of the experiments")
     p.add_argument("--out-dir", required=True, help="results/paper")
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="resamples for 95%% CIs (0 = none)")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data-source", default="synthetic", help="synthetic | local | download (for captions)")
+    _evaluate_settings(p, EVALUATE_KEYS, {"n_bootstrap": "resamples for 95%% CIs (0 = none)",
+                                          "seed": "bootstrap seed"})  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("figures", help="the paper's Figures 1, 3-7 (PNG + PDF)")
@@ -233,8 +255,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--metrics", required=True, help="metrics.json from cacs evaluate")
     p.add_argument("--curves", nargs="*", default=[], help="NAME=metrics.csv training curves (Figure 3)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--n-examples", type=int, default=4, help="scans in Figure 5")
     p.add_argument("--data-source", default="synthetic")
+    _evaluate_settings(p, FIGURES_KEYS, {"n_examples": "scans in Figure 5"})
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser(

@@ -27,6 +27,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,19 @@ def compute_metrics(preds: pd.DataFrame, n_bootstrap: int, seed: int, data_sourc
             "paper": paper_block(),
         }
     )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Config section ``evaluate``: bootstrap of ``cacs evaluate`` and the examples of ``cacs figures`` (Figure 5)."""
+
+    n_bootstrap: int = 1000  # resamples (patients) for the 95 % CIs; 0 = none
+    seed: int = 42  # bootstrap seed
+    n_examples: int = 4  # test scans in Figure 5
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 0 or self.seed < 0 or self.n_examples < 1:
+            raise ValueError("evaluate.n_bootstrap and evaluate.seed must be >= 0, evaluate.n_examples >= 1")
 
 
 def run_evaluate(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,19 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "patient_id", "cohort", "LM", "LCX", "LAD", "RCA", "total")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Config section ``split``: patient shares of train / val / test (summing to 1) and the seed."""
+
+    train: float = 0.6
+    val: float = 0.15
+    test: float = 0.25
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_fractions(self.train, self.val, self.test)
 
 
 def check_fractions(train: float, val: float, test: float) -> tuple[float, float, float]:

@@ -49,12 +49,10 @@ if SYNTHETIC:
         threads: config["synthetic"]["workers"]
         params:
             cacs=cacs_command,
-            preset=config["synthetic"]["preset"],
-            seed=config["synthetic"]["seed"],
-            extra=synth_flags(config),
+            # truth_dir is an output, workers the rule's threads: the rest is cacs.synth.cohort.SynthOptions.
+            cfg=section_json(config, "synthetic", drop=("truth_dir", "workers")),
         shell:
-            "{params.cacs} synth --preset {params.preset} --seed {params.seed} {params.extra}"
-            " --workers {threads}"
+            "{params.cacs} synth --config-json {params.cfg:q} --workers {threads}"
             " --coca-root {output.coca} --segthor-root {output.segthor} --truth-dir {output.truth}"
             " > {log} 2>&1"
 

@@ -1,4 +1,4 @@
-# Shared constants and helpers: paths, CLI flag strings, config checks.
+# Shared constants and helpers: paths, the config sections rules pass as JSON, config checks.
 # Functions live here only (snakemake --lint wants rules and functions apart).
 
 import importlib.util
@@ -75,97 +75,41 @@ SPLIT_FRACTIONS = ("train", "val", "test")
 
 def check_config(cfg):
     """What the JSON schema cannot say: split fractions must sum to 1."""
-    split = cfg["split"]
+    split = cfg.get("split", {})
+    if not all(k in split for k in SPLIT_FRACTIONS):
+        return  # the defaults of cacs.split.SplitParams fill in (and cacs split checks the sum)
     total = sum(split[k] for k in SPLIT_FRACTIONS)
     if not math.isclose(total, 1.0, rel_tol=0.0, abs_tol=1e-6):
         shown = ", ".join(f"{k}={split[k]}" for k in SPLIT_FRACTIONS)
         raise ValueError(f"config key 'split': fractions {shown} must sum to 1 (they sum to {total:g})")
 
 
-def synth_flags(cfg):
-    """Optional `cacs synth` overrides: only what the config sets."""
-    syn = cfg["synthetic"]
-    flags = []
-    for key in ("n_patients", "n_segthor_train", "n_segthor_test"):
-        if syn[key] is not None:
-            flags.append(f"--{key.replace('_', '-')} {int(syn[key])}")
-    if not syn["traps"]:
-        flags.append("--no-traps")
-    return " ".join(flags)
+def section_json(cfg, section, keep=None, drop=()):
+    """A rule's `--config-json` (or `--agatston-json`): config section `section` as JSON, for `{params.cfg:q}`.
+
+    Only the keys the config has: the `cacs` command's dataclass (CropParams, LocalizerParams, ...) holds the
+    defaults and fills in the rest, and refuses a key it does not know. `keep`: only these keys; `drop`: keys that
+    are job settings (workers, gpus, ...) or another command's. A rule's params are a rerun trigger, so each rule
+    sends what its command reads and nothing else.
+    """
+    values = {k: v for k, v in cfg.get(section, {}).items() if (keep is None or k in keep) and k not in drop}
+    return json.dumps(values, sort_keys=True)
 
 
-def agatston_flags(cfg):
-    """`cacs` Agatston options mirroring config key agatston."""
-    a = cfg["agatston"]
-    flags = [
-        f"--threshold-hu {a['threshold_hu']}",
-        f"--connectivity {a['connectivity']}",
-        f"--min-area-mm2 {a['min_area_mm2']}",
-        f"--lesion-dim {a['lesion_dim']}",
-    ]
-    if not a["slice_correction"]:
-        flags.append("--no-slice-correction")
-    return " ".join(flags)
-
-
-def ingest_flags(cfg, cohort):
-    """`cacs ingest` switches: --strict (all cohorts), --paired-ids (COCA only)."""
-    flags = []
-    if cfg["strict"]:
-        flags.append("--strict")
-    if cohort in ("gated", "nongated") and cfg["data"]["paired_ids"]:
-        flags.append("--paired-ids")
-    return " ".join(flags)
-
-
-def _joined(values):
-    return " ".join(str(v) for v in values)
-
-
-def localizer_flags(cfg):
-    """`cacs train-localizer` options mirroring config key localizer."""
-    loc = cfg["localizer"]
-    flags = [
-        f"--spacing-mm {_joined(loc['spacing_mm'])}",
-        f"--hu-window {_joined(loc['hu_window'])}",
-        f"--channels {_joined(loc['channels'])}",
-        f"--patch-size {_joined(loc['patch_size'])}",
-        f"--epochs {loc['epochs']}",
-        f"--batch-size {loc['batch_size']}",
-        f"--lr {loc['lr']}",
-        f"--val-fraction {loc['val_fraction']}",
-        f"--seed {loc['seed']}",
-        f"--device {loc['device']}",
-        f"--data-source {cfg['data']['source']}",
-    ]
-    if not loc["augment"]:
-        flags.append("--no-augment")
-    if loc.get("require_gpu", False):
-        flags.append("--require-gpu")
-    return " ".join(flags)
-
-
-def crop_flags(cfg):
-    """`cacs crop` options mirroring config key crop."""
-    c = cfg["crop"]
-    return " ".join(
-        [
-            f"--margin-xy-mm {c['margin_xy_mm']}",
-            f"--margin-z-mm {c['margin_z_mm']}",
-            f"--model-spacing-mm {_joined(c['model_spacing_mm'])}",
-            f"--model-size {_joined(c['model_size'])}",
-            f"--fallback-box-mm {_joined(c['fallback_box_mm'])}",
-            f"--guard {c['guard']}",
-            f"--guard-shell-mm {c['guard_shell_mm']}",
-        ]
-    )
+def ingest_json(cfg, cohort):
+    """`cacs ingest --config-json`: top-level strict, and data.paired_ids for the COCA cohorts (IngestOptions)."""
+    values = {k: cfg[k] for k in ("strict",) if k in cfg}
+    if cohort in ("gated", "nongated") and "paired_ids" in cfg["data"]:
+        values["paired_ids"] = cfg["data"]["paired_ids"]
+    return json.dumps(values, sort_keys=True)
 
 
 def experiment_json(cfg, name):
     """`cacs train --config-json`: the experiment's model and loss plus the train section.
 
     Job settings are not part of the model's configuration: gpus (train_launcher),
-    threads (--threads) and require_gpu (require_gpu_flag) travel separately.
+    threads (--threads) and require_gpu (require_gpu_flag) travel separately. Keys the config leaves out
+    take cacs.train.TrainConfig's defaults.
     """
     exp = cfg["experiments"][name]
     train = {k: v for k, v in cfg["train"].items() if k not in ("gpus", "threads", "require_gpu")}
@@ -241,8 +185,8 @@ def train_launcher(cfg):
     --standalone gives every job its own rendezvous on a free port, so several
     training jobs on one node do not collide.
     """
-    gpus, batch = int(cfg["train"]["gpus"]), int(cfg["train"]["batch_size"])
-    if gpus > 1 and batch % (2 * gpus):
+    gpus, batch = int(cfg["train"]["gpus"]), cfg["train"].get("batch_size")  # batch_size: TrainConfig's default
+    if gpus > 1 and batch is not None and int(batch) % (2 * gpus):
         # Fail at planning time, not after the job waited for its GPUs (cacs train checks it too).
         raise ValueError(
             f"config key 'train': batch_size {batch} cannot be shared by {gpus} GPUs; every GPU needs as many "

@@ -20,12 +20,12 @@ rule ingest_gated:
     threads: config["ingest"]["workers"]
     params:
         cacs=cacs_command,
-        flags=ingest_flags(config, "gated"),
-        agatston=agatston_flags(config),
+        cfg=ingest_json(config, "gated"),
+        agatston=section_json(config, "agatston"),
     shell:
         "{params.cacs} ingest gated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
-        " {params.flags} {params.agatston}"
+        " --config-json {params.cfg:q} --agatston-json {params.agatston:q}"
         " > {log} 2>&1"
 
 
@@ -47,11 +47,11 @@ rule ingest_nongated:
     threads: config["ingest"]["workers"]
     params:
         cacs=cacs_command,
-        flags=ingest_flags(config, "nongated"),
+        cfg=ingest_json(config, "nongated"),
     shell:
         "{params.cacs} ingest nongated --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
-        " {params.flags}"
+        " --config-json {params.cfg:q}"
         " > {log} 2>&1"
 
 
@@ -73,11 +73,11 @@ rule ingest_segthor:
     threads: config["ingest"]["workers"]
     params:
         cacs=cacs_command,
-        flags=ingest_flags(config, "segthor"),
+        cfg=ingest_json(config, "segthor"),
     shell:
         "{params.cacs} ingest segthor --root {input.root} --out-dir {output.volumes}"
         " --table {output.table} --qc {output.qc} --workers {threads}"
-        " {params.flags}"
+        " --config-json {params.cfg:q}"
         " > {log} 2>&1"
 
 

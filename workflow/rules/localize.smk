@@ -20,10 +20,15 @@ rule train_localizer:
         gpu=config["localizer"]["gpus"],
     params:
         cacs=cacs_command,
-        flags=localizer_flags(config),
+        # cacs.localizer.LocalizerParams; gpus and require_gpu are job settings, the heart volumes predict_heart's.
+        cfg=section_json(config, "localizer", drop=("gpus", "require_gpu", "min_heart_ml", "max_heart_ml")),
+        require_gpu=require_gpu_flag(config["localizer"]),
+        data_source=config["data"]["source"],
         out_dir=lambda w, output: os.path.dirname(output.model),
     shell:
-        "{params.cacs} train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir} {params.flags} > {log} 2>&1"
+        "{params.cacs} train-localizer --segthor-table {input.segthor} --out-dir {params.out_dir}"
+        " --config-json {params.cfg:q} {params.require_gpu} --data-source {params.data_source}"
+        " > {log} 2>&1"
 
 
 rule predict_heart:
@@ -44,14 +49,13 @@ rule predict_heart:
         gpu=config["localizer"]["gpus"],
     params:
         cacs=cacs_command,
-        min_ml=config["localizer"]["min_heart_ml"],
-        max_ml=config["localizer"]["max_heart_ml"],
+        cfg=section_json(config, "localizer", keep=("min_heart_ml", "max_heart_ml")),  # cacs.heart_boxes.Plausibility
         device=config["localizer"]["device"],
         require_gpu=require_gpu_flag(config["localizer"]),
     shell:
         "{params.cacs} predict-heart --cases {input.cases} --model {input.model}"
         " --out-dir {output.boxes} --table {output.table}"
-        " --min-heart-ml {params.min_ml} --max-heart-ml {params.max_ml} --device {params.device} {params.require_gpu}"
+        " --config-json {params.cfg:q} --device {params.device} {params.require_gpu}"
         " > {log} 2>&1"
 
 
@@ -75,10 +79,10 @@ rule crop:
     threads: config["crop"]["workers"]
     params:
         cacs=cacs_command,
-        flags=crop_flags(config),
-        agatston=agatston_flags(config),
+        cfg=section_json(config, "crop", drop=("workers",)),  # cacs.crop.CropParams; workers: the rule's threads
+        agatston=section_json(config, "agatston"),
     shell:
         "{params.cacs} crop --cases {input.cases} --boxes {input.boxes} --out-dir {output.volumes}"
         " --index {output.index} --qc {output.qc} --containment {output.containment}"
-        " --workers {threads} {params.flags} {params.agatston}"
+        " --workers {threads} --config-json {params.cfg:q} --agatston-json {params.agatston:q}"
         " > {log} 2>&1"

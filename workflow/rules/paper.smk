@@ -34,12 +34,11 @@ rule evaluate:
     params:
         cacs=cacs_command,
         out_dir=lambda w, output: os.path.dirname(output.metrics),
-        n_bootstrap=config["evaluate"]["n_bootstrap"],
-        seed=config["evaluate"]["seed"],
+        cfg=section_json(config, "evaluate", keep=("n_bootstrap", "seed")),  # cacs.evaluate.EvaluateParams
         source=config["data"]["source"],
     shell:
         "{params.cacs} evaluate --predictions {input.predictions} --out-dir {params.out_dir}"
-        " --n-bootstrap {params.n_bootstrap} --seed {params.seed} --data-source {params.source}"
+        " --config-json {params.cfg:q} --data-source {params.source}"
         " > {log} 2>&1"
 
 
@@ -67,10 +66,10 @@ rule figures:
         cacs=cacs_command,
         out_dir=lambda w, output: os.path.dirname(output[0]),
         curves=figure_curves(config),
-        n_examples=config["evaluate"]["n_examples"],
+        cfg=section_json(config, "evaluate", keep=("n_examples",)),
         source=config["data"]["source"],
     shell:
         "{params.cacs} figures --predictions {input.predictions} --metrics {input.metrics}"
         " --curves {params.curves} --out-dir {params.out_dir}"
-        " --n-examples {params.n_examples} --data-source {params.source}"
+        " --config-json {params.cfg:q} --data-source {params.source}"
         " > {log} 2>&1"

@@ -28,9 +28,10 @@ rule predict_model:
         cacs=cacs_command,
         device=config["train"]["device"],
         require_gpu=require_gpu_flag(config["train"]),
-        agatston=agatston_flags(config),
+        agatston=section_json(config, "agatston"),
     shell:
         "{params.cacs} predict --model {input.model} --index {input.index}"
         " --labels-dir {output.labels} --table {output.table}"
-        " --device {params.device} {params.require_gpu} --threads {threads} {params.agatston}"
+        " --device {params.device} {params.require_gpu} --threads {threads}"
+        " --agatston-json {params.agatston:q}"
         " > {log} 2>&1"

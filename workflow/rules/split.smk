@@ -13,11 +13,7 @@ rule split:
         DATA_ENV
     params:
         cacs=cacs_command,
-        train=config["split"]["train"],
-        val=config["split"]["val"],
-        test=config["split"]["test"],
-        seed=config["split"]["seed"],
+        cfg=section_json(config, "split"),
     shell:
         "{params.cacs} split --cases {input.cases} --out {output.cases}"
-        " --train {params.train} --val {params.val} --test {params.test} --seed {params.seed}"
-        " > {log} 2>&1"
+        " --config-json {params.cfg:q} > {log} 2>&1"

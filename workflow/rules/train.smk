@@ -28,12 +28,13 @@ rule train_model:
     params:
         cfg=lambda w: experiment_json(config, w.experiment),
         out_dir=lambda w, output: os.path.dirname(output.model),
-        agatston=agatston_flags(config),
+        agatston=section_json(config, "agatston"),
         launcher=train_command,
         require_gpu=require_gpu_flag(config["train"]),
         data_source=config["data"]["source"],
     shell:
         "{params.launcher} train --experiment {wildcards.experiment} --index {input.index} --out-dir {params.out_dir}"
-        " --config-json '{params.cfg}' --threads {threads} {params.agatston} {params.require_gpu}"
+        " --config-json '{params.cfg}' --threads {threads} --agatston-json {params.agatston:q}"
+        " {params.require_gpu}"
         " --data-source {params.data_source}"
         " > {log} 2>&1"
