@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from cacs.agatston import AgatstonParams
-from cacs.bundle import boxes_meta_path, crop_meta_path, file_sha256
+from cacs.bundle import boxes_meta_path, crop_meta_path, weights_sha256
 from cacs.cli import main
 from cacs.crop import CropParams, crop_all
 from cacs.heart_boxes import Plausibility, predict_boxes
@@ -66,7 +66,8 @@ def test_the_model_file_carries_its_settings_and_provenance(chain):
     assert bundle["crop"]["model_spacing_mm"] == [5.0, 5.0, 6.0] and bundle["crop"]["margin_xy_mm"] == 12.0
     assert bundle["agatston"]["threshold_hu"] == 130.0 and bundle["input"]["hu_scale"] == 1000.0
     assert bundle["plausibility"] == {"min_heart_ml": 100.0, "max_heart_ml": 2000.0}  # boxes.json -> index.json
-    assert bundle["localizer"]["sha256"] == file_sha256(chain["localizer"])
+    saved = torch.load(chain["localizer"], map_location="cpu", weights_only=True)["state_dict"]
+    assert bundle["localizer"]["weights_sha256"] == weights_sha256(saved)
     prov = bundle["provenance"]
     assert prov["data_source"] == "synthetic" and prov["data"]["index"] == str(chain["index"])
     assert len(prov["config_sha256"]) == 64 and {"cacs", "torch", "python"} <= set(prov["versions"])
@@ -185,3 +186,13 @@ def test_old_model_files_are_refused_with_a_way_out(chain, tmp_path):
         load_localizer(tmp_path / "old_localizer.pt", "cpu")
     with pytest.raises(ValueError, match="a localizer model file, not the experiment model"):
         load_trained(chain["localizer"])
+
+
+def test_weights_digest_names_the_weights_not_the_file():
+    """Two runs that train the same weights write different files (the bundle's time); the digest agrees."""
+    net = torch.nn.Conv3d(1, 2, 3)
+    a = {k: v.clone() for k, v in net.state_dict().items()}
+    assert weights_sha256(a) == weights_sha256({k: v.clone() for k, v in reversed(list(a.items()))})
+    b = dict(a, weight=a["weight"].clone().index_put_((torch.tensor([0]),), torch.tensor(1.0), accumulate=True))
+    assert weights_sha256(a) != weights_sha256(b)
+    assert weights_sha256({"w": torch.zeros(2, dtype=torch.bfloat16)}) != weights_sha256({"w": torch.zeros(2)})

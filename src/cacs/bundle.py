@@ -148,11 +148,28 @@ def localizer_bundle(params: Any, data: dict[str, Any], data_source: str | None 
             "provenance": _provenance(hashed, data, data_source)}  # fmt: skip
 
 
-def localizer_summary(path: Path, bundle: dict[str, Any]) -> dict[str, Any]:
-    """How an experiment's bundle names the localizer that cut its crops."""
-    return {"path": str(path), "sha256": file_sha256(Path(path)), "spacing_mm": bundle["grid"]["spacing_mm"],
+def localizer_summary(path: Path, bundle: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """How an experiment's bundle names the localizer that cut its crops.
+
+    The localizer is identified by its weights (:func:`weights_sha256`), not by the file's bytes: a
+    model file also records when it was written, so two runs that train the same weights write
+    different files, and their crops would otherwise claim different localizers.
+    """
+    return {"path": str(path), "weights_sha256": weights_sha256(state_dict), "spacing_mm": bundle["grid"]["spacing_mm"],
             "hu_window": bundle["input"]["hu_window"],
             "config_sha256": bundle["provenance"]["config_sha256"]}  # fmt: skip
+
+
+def weights_sha256(state_dict: dict[str, Any]) -> str:
+    """SHA-256 of a network's weights: every tensor's name, dtype, shape and bytes, in name order."""
+    import torch  # here, not at the top: the torch-free environments import this module's readers
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def file_sha256(path: Path) -> str:

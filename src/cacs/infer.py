@@ -34,7 +34,7 @@ import pandas as pd
 
 from cacs import SCORE_COLUMNS, __version__
 from cacs.agatston import AgatstonParams
-from cacs.bundle import Given, file_sha256, given_from
+from cacs.bundle import Given, file_sha256, given_from, weights_sha256
 from cacs.bundle_settings import experiment_settings
 from cacs.crop import CropParams, crop_case
 from cacs.cvd import cvd_rank, rank_name
@@ -249,8 +249,8 @@ class Scorer:
         self.crop, self.agatston, self.plausibility, notes = resolve_settings(model.bundle, self.opts, self.model_path)
         self.localizer, self.loc_params = load_localizer(self.localizer_path, self.device)
         localizer_sha = file_sha256(self.localizer_path) if self.localizer_path.is_file() else ""
-        trained_with = (model.bundle.get("localizer") or {}).get("sha256")
-        if trained_with and localizer_sha and trained_with != localizer_sha:
+        trained_with = (model.bundle.get("localizer") or {}).get("weights_sha256")
+        if trained_with and trained_with != weights_sha256(self.localizer.state_dict()):
             notes.append(f"the localizer is not the one whose heart boxes cut the model's training crops "
                          f"({model.bundle['localizer'].get('path')})")  # fmt: skip
             log.warning("%s: %s", self.localizer_path, notes[-1])
