@@ -135,7 +135,7 @@ def predict_boxes(
     table = pd.DataFrame(rows)
     write_csv(table_path, table)
     # What the crops cut with these boxes inherit (cacs crop -> index.json -> the model file's bundle).
-    write_json(boxes_meta_path(table_path), {"plausibility": plain(limits),
-                                             "localizer": localizer_summary(Path(model_path), bundle, model.state_dict())})  # fmt: skip
+    localizer = localizer_summary(Path(model_path), bundle, model.state_dict())
+    write_json(boxes_meta_path(table_path), {"plausibility": plain(limits), "localizer": localizer})
     log.info("heart boxes: %d scans, %d implausible", len(table), int((~table.plausible).sum()) if len(table) else 0)
     return table
