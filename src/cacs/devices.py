@@ -25,7 +25,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-# Measured on this project's 2-core CPU machine (README, Benchmarks): what a CPU fallback costs.
+# Measured on this project's 2-core CPU machine (docs/benchmarks.md): what a CPU fallback costs.
 CPU_COST_HINT = (
     "expect it to be one to two orders of magnitude slower than on a GPU "
     "(README benchmarks: one full-size SPSS training step of batch 4 takes ~68 s on 2 CPU cores)"
