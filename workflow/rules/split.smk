@@ -15,5 +15,4 @@ rule split:
         cacs=cacs_command,
         cfg=section_json(config, "split"),
     shell:
-        "{params.cacs} split --cases {input.cases} --out {output.cases}"
-        " --config-json {params.cfg:q} > {log} 2>&1"
+        "{params.cacs} split --cases {input.cases} --out {output.cases} --config-json {params.cfg:q} > {log} 2>&1"
