@@ -27,7 +27,7 @@ from cacs.heart_boxes import Plausibility, predict_boxes
 from cacs.infer import scan_name
 from cacs.io.nifti import read_volume
 from cacs.localizer import load_localizer, train_localizer
-from cacs.predict import load_trained, predict_experiment
+from cacs.predict import check_crop_grid, load_trained, predict_experiment
 from cacs.split import split_cases
 from cacs.train import TrainConfig, train_experiment
 from tests.test_localizer import FAST
@@ -150,6 +150,16 @@ def test_predict_refuses_crops_on_another_grid(chain, tmp_path):
     with pytest.raises(ValueError, match=r"crop grid 32 32 16 voxels at 5 5 6 mm, the model's crop grid is 32 32 16 "
                                          r"voxels at 2.5 2.5 3 mm"):  # fmt: skip
         predict_experiment(other, tmp_path / "index.csv", tmp_path / "l", tmp_path / "p.csv", device="cpu")
+
+
+def test_crop_grid_check_reads_spacings_as_nifti_stores_them():
+    """NIfTI keeps spacings as float32: a 1.2 x 0.8 mm grid reads back as 1.2000000477 x 0.80000001 mm."""
+    crop = replace(GRID, model_spacing_mm=(1.2, 0.8, 3.0))
+    shape_zyx = tuple(crop.model_size[::-1])
+    stored = tuple(float(np.float32(v)) for v in crop.model_spacing_mm)
+    check_crop_grid("crop.nii.gz", shape_zyx, stored, crop, Path("model.pt"))
+    with pytest.raises(ValueError, match=r"crop.nii.gz: crop grid .* at 1.25 0.8 3 mm"):
+        check_crop_grid("crop.nii.gz", shape_zyx, (1.25, *stored[1:]), crop, Path("model.pt"))
 
 
 def test_training_takes_the_crops_settings_and_refuses_others(chain, tmp_path, caplog):

@@ -210,6 +210,7 @@ def test_bf16_warning_names_grids_that_reach_an_extent_of_two():
     cfg = _cfg("spss", patch_size=(16, 16, 8), amp=True)
     assert len(train_module.warn_nondeterministic_bf16(cfg, (16, 32, 32), amp=True)) == 1  # the patch, not the crop
     assert train_module.warn_nondeterministic_bf16(cfg, (16, 32, 32), amp=False) == []
+    assert train_module.warn_nondeterministic_bf16(cfg, (16, 32, 32), True, device_type="cuda") == []  # auto -> GPU
     assert train_module.warn_nondeterministic_bf16(_cfg("spss", patch_size=(16, 16, 12)), (16, 32, 32), True) == []
     default = _cfg("spss", model_config={"channels": [8, 16, 32, 64]}, patch_size=(64, 64, 32))
     assert train_module.warn_nondeterministic_bf16(default, (48, 112, 112), True) == []  # the default run's grid

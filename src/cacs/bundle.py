@@ -43,8 +43,6 @@ from typing import Any, NamedTuple
 
 BUNDLE_KEY = "bundle"
 BUNDLE_FORMAT = 1
-SECTIONS = ("crop", "agatston", "plausibility")
-"""Sections of an experiment's bundle that a user could also set: each given value must equal the model's."""
 
 
 class Given(NamedTuple):

@@ -173,7 +173,7 @@ LOCALIZER_HELPS = {
     "channels": "UNet widths; len - 1 downsampling steps",
     "patch_size": "training patch / inference window in coarse voxels",
     "val_fraction": "held-out share of SegTHOR training cases",
-    "augment": "random flips and intensity jitter",
+    "augment": "cardiac field of view, small rotations and scaling, intensity jitter and noise (no flips)",
     "device": "auto: the GPU the scheduler made visible, else the CPU with a warning (single GPU)",
 }
 CROP_HELPS = {

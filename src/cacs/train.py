@@ -466,7 +466,9 @@ def check_patch_size(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int]) -> 
         raise ValueError(f"train.patch_size {list(cfg.patch_size)} must be multiples of {multiple} (SPSS levels)")
 
 
-def warn_nondeterministic_bf16(cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int], amp: bool) -> list[str]:
+def warn_nondeterministic_bf16(
+    cfg: TrainConfig, crop_shape_zyx: tuple[int, int, int], amp: bool, device_type: str = "cpu"
+) -> list[str]:
     """Warn where a CPU bf16 run would not resume bit-identically; returns the warnings.
 
     Why: measured on torch 2.13's oneDNN with AVX-512 BF16, the bf16 weight
@@ -476,7 +478,7 @@ def warn_nondeterministic_bf16(cfg: TrainConfig, crop_shape_zyx: tuple[int, int,
     extent reaches 2 at some level makes training (and resume) irreproducible.
     The default and COCA grids never do; tiny test grids can.
     """
-    if not amp or cfg.device == "cuda" or cfg.model != "spss":
+    if not amp or device_type == "cuda" or cfg.device == "cuda" or cfg.model != "spss":
         return []
     levels = len(dict(cfg.model_config).get("channels") or make_config("spss").channels)
     shapes = {"crop": crop_shape_zyx}
@@ -702,7 +704,7 @@ def _train(
     nongated = [i for i, s in enumerate(train_scans) if not s.gated]
     _check_crop_grid(train_scans[0], train_rows.iloc[0].to_dict(), record)
     check_patch_size(cfg, train_scans[0].hu.shape)
-    warn_nondeterministic_bf16(cfg, train_scans[0].hu.shape, amp)
+    warn_nondeterministic_bf16(cfg, train_scans[0].hu.shape, amp, device.type)
 
     torch.manual_seed(cfg.seed)  # initial weights; each epoch reseeds from (seed, epoch)
     core = build_model(cfg.model, dict(cfg.model_config)).to(device)

@@ -82,10 +82,16 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` captured (CUDA states only where CUDA is present)."""
+    """Restore what :func:`rng_states` captured (CUDA states only where CUDA is present).
+
+    A checkpoint written where more (or fewer) GPUs were visible restores the
+    devices both have: training reseeds every device at each epoch start, so
+    the others need no saved state.
+    """
     torch.set_rng_state(states["torch"])
     if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
     kind, key, *rest = states["numpy"]
     np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))  # noqa: NPY002
     version, internal, gauss = states["python"]
