@@ -61,6 +61,14 @@ class CropParams:
         if len(self.fallback_box_mm) != 2 or any(v <= 0 for v in self.fallback_box_mm):
             raise ValueError("crop.fallback_box_mm must be two sizes > 0 mm (x, y)")
 
+    def holds(self, size_xyz: list[int], spacing_mm: list[float]) -> bool:
+        """Whether a crop of ``size_xyz`` voxels at ``spacing_mm`` (both x, y, z) lies on this model grid.
+
+        Spacings match within float32 precision: NIfTI stores them as float32,
+        so a 1.2 mm grid reads back as 1.2000000477 mm.
+        """
+        return list(size_xyz) == list(self.model_size) and bool(np.allclose(spacing_mm, self.model_spacing_mm))
+
 
 def image_extent_mm(geometry: Geometry, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounds of an image, voxel edges included."""

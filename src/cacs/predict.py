@@ -226,14 +226,9 @@ def check_crops_match(index_csv: Path, crop: CropParams, model_path: Path) -> No
 
 def check_crop_grid(image: str, shape_zyx: tuple[int, ...], spacing: tuple[float, ...], crop: CropParams,
                     model_path: Path) -> None:  # fmt: skip
-    """One crop on disk must lie on the model's grid (size and spacing).
-
-    Spacings are compared at float32 precision: NIfTI stores them as float32,
-    so a 1.2 mm grid reads back as 1.2000000477 mm.
-    """
+    """One crop on disk must lie on the model's grid (size and spacing)."""
     size, grid = list(shape_zyx[::-1]), [float(v) for v in spacing]
-    as_stored = [float(np.float32(v)) for v in crop.model_spacing_mm]
-    if not same(size, list(crop.model_size)) or not same([float(np.float32(v)) for v in grid], as_stored):
+    if not crop.holds(size, grid):
         raise ValueError(
             f"{image}: crop grid {show(size)} voxels at {show(grid)} mm, the model's crop grid is "
             f"{show(list(crop.model_size))} voxels at {show(list(crop.model_spacing_mm))} mm ({model_path})"

@@ -476,9 +476,11 @@ def warn_nondeterministic_bf16(
     when a spatial extent of its input is exactly 2 voxels; other extents are
     deterministic.  An SPSS level halves every extent, so a patch or crop whose
     extent reaches 2 at some level makes training (and resume) irreproducible.
-    The default and COCA grids never do; tiny test grids can.
+    The default and COCA grids never do; tiny test grids can.  ``device_type``
+    is the resolved device's: ``device: auto`` may land on a GPU, where the
+    warning does not apply.
     """
-    if not amp or device_type == "cuda" or cfg.device == "cuda" or cfg.model != "spss":
+    if not amp or device_type == "cuda" or cfg.model != "spss":
         return []
     levels = len(dict(cfg.model_config).get("channels") or make_config("spss").channels)
     shapes = {"crop": crop_shape_zyx}
@@ -670,7 +672,7 @@ def _check_crop_grid(scan: Scan, row: dict, record: CropRecord) -> None:
     shape = list(scan.hu.shape[::-1])
     spacing = [float(row[f"spacing_{a}"]) for a in "xyz"]
     crop = record.crop
-    if shape != list(crop.model_size) or not np.allclose(spacing, crop.model_spacing_mm):
+    if not crop.holds(shape, spacing):
         raise ValueError(
             f"{row['image_npy']}: crop of {show(shape)} voxels at {show(spacing)} mm, not the recorded crop grid "
             f"{show(list(crop.model_size))} at {show(list(crop.model_spacing_mm))} mm ({record.source})"
