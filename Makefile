@@ -35,6 +35,7 @@ bench: venv
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_localize.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_train.py --side-by-side
 	$(BIN)/python bench/bench_evaluate.py
 	$(BIN)/python bench/bench_oracle.py
 	$(BIN)/python bench/bench_infer.py

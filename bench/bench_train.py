@@ -13,6 +13,10 @@ distractor.  Configurations:
   ``config/coca.yaml`` (meant for a GPU; skipped on the CPU unless
   ``--full``).
 
+``--side-by-side`` instead measures one 2-thread SPSS training step against
+two 1-thread ones running at once (what ``train.threads: 1`` buys a 2-core
+machine, where snakemake can then run two training jobs together).
+
 Every configuration runs in fp32 and with ``amp`` (bfloat16 autocast +
 channels_last_3d), on CUDA when present, else on the CPU (where ``amp``
 helps only with native bf16: the JSON says whether this CPU has it).
@@ -41,7 +45,7 @@ CASES = {
 }
 
 
-def _one(name: str, amp: bool, steps: int) -> dict:
+def _one(name: str, amp: bool, steps: int, threads: int = 2) -> dict:
     import resource
     import time
 
@@ -55,7 +59,7 @@ def _one(name: str, amp: bool, steps: int) -> dict:
 
     kind, model_cfg, shape, patch, n_gated, n_nongated = CASES[name]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     hu = rng.normal(40, 20, shape).astype(np.float32)
     labels = np.zeros(shape, np.int64)
@@ -98,6 +102,7 @@ def _one(name: str, amp: bool, steps: int) -> dict:
         "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "step": f"{n_gated} gated patches {patch} + {n_nongated} whole crops {shape}" if patch
         else f"{n_gated + n_nongated} whole crops {shape}",
+        "threads": threads,
         "seconds_per_step": round(step, 3),
         "steps_per_s": round(1 / step, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -107,9 +112,43 @@ def _one(name: str, amp: bool, steps: int) -> dict:
     return out
 
 
+def _child(name: str, amp: str, steps: int, threads: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, name, amp, str(steps), str(threads)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _result(child: subprocess.Popen) -> dict:
+    out, err = child.communicate()
+    if child.returncode:
+        return {"error": err.strip().splitlines()[-1:]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def side_by_side(steps: int = 6) -> dict:
+    """One 2-thread SPSS training step against two 1-thread ones running at the same time (2 cores).
+
+    What ``train.threads: 1`` buys a 2-core machine: snakemake then runs two
+    training jobs side by side (a CPU-only machine holds no GPU resource).
+    """
+    alone = _result(_child("spss_default_run", "amp", steps, 2))
+    pair = [_child("spss_default_run", "amp", steps, 1) for _ in range(2)]
+    both = [_result(child) for child in pair]
+    out = {"benchmark": "training_side_by_side", "one_job_2_threads": alone, "two_jobs_1_thread": both}
+    if "seconds_per_step" in alone and all("seconds_per_step" in r for r in both):
+        together = sum(1 / r["seconds_per_step"] for r in both)
+        out["steps_per_s"] = {"one_job_2_threads": round(1 / alone["seconds_per_step"], 3),
+                              "two_jobs_1_thread": round(together, 3)}  # fmt: skip
+        out["throughput_ratio"] = round(together * alone["seconds_per_step"], 2)
+    return out
+
+
 def main() -> None:
-    if len(sys.argv) == 4:
-        print(json.dumps(_one(sys.argv[1], sys.argv[2] == "amp", int(sys.argv[3]))))
+    if len(sys.argv) in (4, 5):
+        threads = int(sys.argv[4]) if len(sys.argv) == 5 else 2
+        print(json.dumps(_one(sys.argv[1], sys.argv[2] == "amp", int(sys.argv[3]), threads)))
+        return
+    if "--side-by-side" in sys.argv:
+        print(json.dumps(side_by_side(), indent=2))
         return
     import torch
 

@@ -117,3 +117,33 @@ def test_bad_config_key_stops_the_run_naming_it(tmp_path):
     run = snakemake_tiny(tmp_path, "--dry-run", "--config", "strickt=true")
     assert run.returncode != 0
     assert "strickt" in run.stdout + run.stderr
+
+
+def _gpu_resources(run: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """rule -> the `gpu=` values its jobs declare, from a dry run's job listing."""
+    found: dict[str, set[str]] = {}
+    rule = None
+    for line in run.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line[5:].rstrip(":")
+        elif "resources:" in line and "gpu=" in line and rule:
+            found.setdefault(rule, set()).add(line.split("gpu=")[1].split(",")[0].strip())
+    return found
+
+
+def test_jobs_on_the_cpu_hold_no_gpu_resource(tmp_path, monkeypatch):
+    """With no GPU visible, device auto jobs declare gpu=0 (so the profile's cap of 1 does not serialise
+    them); device cuda keeps the request."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cpu = snakemake_tiny(tmp_path / "cpu", "--dry-run")
+    assert cpu.returncode == 0, cpu.stderr[-2000:]
+    resources = _gpu_resources(cpu)
+    for rule in ("train_localizer", "predict_heart", "train_model", "predict_model"):
+        assert resources.get(rule) == {"0"}, (rule, resources)
+    (tmp_path / "cuda.yaml").write_text("train: {device: cuda}\n")
+    cuda = snakemake_tiny(tmp_path / "cuda", "--dry-run", "--configfile", str(REPO / "config" / "tiny.yaml"),
+                          str(tmp_path / "cuda.yaml"))
+    assert cuda.returncode == 0, cuda.stderr[-2000:]
+    resources = _gpu_resources(cuda)
+    assert resources.get("train_model") == {"1"} and resources.get("predict_model") == {"1"}, resources
+    assert resources.get("train_localizer") == {"0"}, resources  # the localizer's own device stays auto

@@ -42,16 +42,22 @@ PREDICTIONS = "results/predictions"
 PAPER = "results/paper"
 
 
-def _figure_names():
-    """The figure files, from their one home (src/cacs/figure_names.py, which imports nothing).
+def _checkout_module(name):
+    """src/cacs/<name>.py of this checkout, a module that imports only the standard library.
 
-    Loaded from this checkout's file rather than imported, so that neither sys.path nor the
+    Loaded from the file rather than imported, so that neither sys.path nor the
     environment changes and snakemake need not run where cacs is installed.
     """
-    path = Path(workflow.basedir) / "src" / "cacs" / "figure_names.py"
-    spec = importlib.util.spec_from_file_location("cacs_figure_names", path)
-    names = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(names)
+    path = Path(workflow.basedir) / "src" / "cacs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"cacs_{name}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def _figure_names():
+    """The figure files, from their one home (src/cacs/figure_names.py)."""
+    names = _checkout_module("figure_names")
     return tuple(names.FIGURE_STEMS), tuple(names.FIGURE_EXTENSIONS)
 
 
@@ -170,6 +176,26 @@ def train_command(wildcards, input):
     train.gpus is a job setting, not part of the model's configuration (experiment_json).
     """
     return train_launcher(config)
+
+
+LOCAL_GPU = _checkout_module("gpu_probe").local_gpu_visible()
+
+
+def gpu_resource(section, cap=None):
+    """The `gpu` resource of a job of config section `section` (train, localizer): the GPUs it will hold.
+
+    `gpus` (at most `cap`), except for a job that will run on the CPU: device cpu, or device auto
+    on a local run where this machine shows no GPU. Such a job holds no GPU, so it must not count
+    against profiles/default's cap of one GPU job at a time: on a CPU-only machine that cap ran
+    the trainings one by one, with cores idle (two 1-thread trainings side by side train 1.3x
+    faster than one 2-thread training after the other on 2 cores; docs/benchmarks.md). On a
+    cluster the request stands whatever the submitting node has.
+    """
+    gpus = int(section["gpus"]) if cap is None else min(int(section["gpus"]), cap)
+    device = section.get("device", "auto")
+    if device == "cpu" or (device == "auto" and workflow.local_exec and not LOCAL_GPU):
+        return 0
+    return gpus
 
 
 def require_gpu_flag(section):

@@ -17,7 +17,7 @@ rule train_localizer:
     conda:
         TORCH_ENV
     resources:
-        gpu=config["localizer"]["gpus"],
+        gpu=gpu_resource(config["localizer"]),
     params:
         cacs=cacs_command,
         # cacs.localizer.LocalizerParams; gpus and require_gpu are job settings, the heart volumes predict_heart's.
@@ -46,7 +46,7 @@ rule predict_heart:
     conda:
         TORCH_ENV
     resources:
-        gpu=config["localizer"]["gpus"],
+        gpu=gpu_resource(config["localizer"]),
     params:
         cacs=cacs_command,
         cfg=section_json(config, "localizer", keep=("min_heart_ml", "max_heart_ml")),  # cacs.heart_boxes.Plausibility

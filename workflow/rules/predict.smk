@@ -23,7 +23,7 @@ rule predict_model:
         TORCH_ENV
     threads: config["train"]["threads"]
     resources:
-        gpu=min(config["train"]["gpus"], 1),
+        gpu=gpu_resource(config["train"], cap=1),
     params:
         cacs=cacs_command,
         device=config["train"]["device"],

@@ -24,7 +24,7 @@ rule train_model:
         TORCH_ENV
     threads: config["train"]["threads"]
     resources:
-        gpu=config["train"]["gpus"],
+        gpu=gpu_resource(config["train"]),
     params:
         cfg=lambda w: experiment_json(config, w.experiment),
         out_dir=lambda w, output: os.path.dirname(output.model),
