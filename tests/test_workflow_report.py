@@ -118,4 +118,4 @@ def test_workflow_figures_come_from_the_package() -> None:
     """common.smk's FIGURES are the files ``cacs figures`` writes: it loads cacs/figure_names.py, no copy."""
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     assert not re.search(r"^FIGURES = \(", common, re.M), "common.smk spells out its own copy of the figure names"
-    assert '"figure_names.py"' in common and "FIGURE_STEMS" in common, common[:2000]
+    assert '_checkout_module("figure_names")' in common and "FIGURE_STEMS" in common, common[:2000]
