@@ -180,6 +180,21 @@ def test_foreground_oversampling_centres_patches_on_calcium():
         train_module.check_patch_size(TrainConfig(patch_size=(128, 16, 8)), labels.shape)
 
 
+def test_uniform_patches_reach_the_crop_faces():
+    """Bone at a crop's edge must be a negative too: a face voxel lies in about (patch / 2) / crop of the
+    uniform patches (33 / 112 here), not in 1 of (crop - patch + 1) = 49 as with uniform corners."""
+    rng = np.random.default_rng(0)
+    shape, size = (48, 112, 112), (32, 64, 64)
+    origins = np.array([train_module._patch_origin(shape, size, rng) for _ in range(4000)])
+    assert (origins >= 0).all() and (origins <= np.subtract(shape, size)).all()  # always inside the crop
+    for axis in (1, 2):
+        low_face = (origins[:, axis] == 0).mean()  # patches holding voxel 0 of this axis
+        high_face = (origins[:, axis] == shape[axis] - size[axis]).mean()
+        assert low_face == pytest.approx(33 / 112, abs=0.03) and high_face == pytest.approx(32 / 112, abs=0.03)
+    centre = ((origins[:, 2] <= 56) & (56 < origins[:, 2] + 64)).mean()
+    assert centre == 1.0  # the middle stays in every patch
+
+
 def test_patch_recipe_learns_and_resumes_bit_identically(tiny_crops, tmp_path, monkeypatch):
     recipe = dict(optimizer="adamw", schedule="onecycle", lr=3e-3, lr_min=1e-5, weight_decay=1e-4,
                   steps_per_epoch=3, patch_size=(16, 16, 12), foreground_fraction=0.67, epochs=3, amp=True)  # fmt: skip
