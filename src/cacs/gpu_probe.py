@@ -1,8 +1,8 @@
 """Whether this machine shows a GPU to jobs, answered without importing torch.
 
 The Snakemake workflow (``workflow/rules/common.smk`` loads this file by its
-path, as it does :mod:`cacs.figure_names`) asks it once per parse, to decide
-whether a local job on device ``auto`` will hold a GPU.  Importing torch there
+path, as it does :mod:`cacs.figure_names`) asks it at most once per parse,
+only for a local run, to decide whether a job on device ``auto`` will hold a GPU.  Importing torch there
 would add seconds to every ``snakemake`` call, so this looks where the drivers
 show themselves instead: ``nvidia-smi -L`` for NVIDIA GPUs, ``/dev/kfd`` for
 AMD (ROCm) ones.  The module imports only the standard library.

@@ -347,8 +347,8 @@ def _patch_origin(shape, size, rng: np.random.Generator, centre=None) -> tuple[i
     A uniform *centre*, not a uniform corner: with uniform corners a voxel on a
     crop's face lies in 1 of (crop - patch + 1) patches (1 in 49 for 112 voxels
     and 64-voxel patches) while central voxels lie in all of them, so bone at the
-    crop's edge (ribs: 560 HU in the generator) was almost
-    never a negative, and a trained network called it calcium (docs/results.md).
+    crop's edge (ribs: 560 HU in the generator) was almost never a negative, and
+    a trained network called it calcium (docs/results.md).
     With a uniform centre a face voxel lies in about (patch / 2) / crop of them
     (33 in 112), as in nnU-Net's sampling, which pads instead of clipping.
     """

@@ -1,6 +1,7 @@
 # Shared constants and helpers: paths, the config sections rules pass as JSON, config checks.
 # Functions live here only (snakemake --lint wants rules and functions apart).
 
+import functools
 import importlib.util
 import json
 import math
@@ -178,7 +179,10 @@ def train_command(wildcards, input):
     return train_launcher(config)
 
 
-LOCAL_GPU = _checkout_module("gpu_probe").local_gpu_visible()
+@functools.cache
+def _local_gpu():
+    """Whether this machine shows a GPU (cacs.gpu_probe), asked once and only when a rule needs to know."""
+    return _checkout_module("gpu_probe").local_gpu_visible()
 
 
 def gpu_resource(section, cap=None):
@@ -193,7 +197,7 @@ def gpu_resource(section, cap=None):
     """
     gpus = int(section["gpus"]) if cap is None else min(int(section["gpus"]), cap)
     device = section.get("device", "auto")
-    if device == "cpu" or (device == "auto" and workflow.local_exec and not LOCAL_GPU):
+    if device == "cpu" or (device == "auto" and workflow.local_exec and not _local_gpu()):
         return 0
     return gpus
 
