@@ -244,7 +244,7 @@ def test_spss_rejects_bad_input(spss, shape):
 
 def test_convnet_rejects_bad_input(convnet):
     convnet(torch.randn(1, 1, 9, 10, 11))  # any size >= 4 works (global pooling)
-    with pytest.raises(ValueError, match="at least 4"):
+    with pytest.raises(ValueError, match=r"at least \(4, 4, 4\)"):
         convnet(torch.randn(1, 1, 3, 32, 32))
     with pytest.raises(ValueError, match="ConvNetRegressor"):
         convnet(torch.randn(1, 16, 32, 32))
@@ -295,3 +295,38 @@ def test_both_cohorts_share_one_module(spss):
     with torch.no_grad():
         both = spss(torch.cat([gated, nongated]))
         torch.testing.assert_close(both.cac_logits[1:], spss(nongated).cac_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_artery_head_at_half_resolution_gives_full_size_maps():
+    """artery_level 1: the large atrous block reads the half-resolution decoder level; its logits are upsampled."""
+    net = build_model("spss", {**TINY_SPSS, "artery_level": 1})
+    out = net(torch.randn(SHAPE))
+    assert out.cac_logits.shape == (2, 2, *SHAPE[2:]) and out.artery_logits.shape == (2, 4, *SHAPE[2:])
+    assert net.artery_head.proj.conv.in_channels == TINY_SPSS["channels"][1]  # the decoder level's width
+    assert net._decoder_features is None  # the hooked activation is not kept past the call
+    full = build_model("spss", TINY_SPSS)
+    assert sum(p.numel() for p in net.parameters()) != sum(p.numel() for p in full.parameters())
+    net.artery_head.classifier.bias.data = torch.tensor([5.0, 0.0, 0.0, 0.0])  # LM everywhere ...
+    net.artery_head.classifier.weight.data.zero_()
+    assert bool((net.predict_labels(net(torch.randn(SHAPE))) != 2).all())  # ... whatever the upsampling
+
+
+@pytest.mark.parametrize("level", [2, -1, True])
+def test_artery_level_must_be_a_decoder_level(level):
+    with pytest.raises(ValueError, match="artery_level"):
+        build_model("spss", {**TINY_SPSS, "artery_level": level})
+
+
+def test_convnet_input_pool_keeps_a_one_voxel_calcification():
+    """input_pool (2, 2, 1) max-pools x and y: a single bright voxel survives, the minimum size doubles in-plane."""
+    net = build_model("convnet", {**TINY_CONVNET, "input_pool": [2, 2, 1]})
+    assert net.config.input_pool == (2, 2, 1) and net.config.min_size_zyx == (4, 8, 8)
+    pool = net.features[0]
+    x = torch.zeros(1, 1, 4, 8, 8)
+    x[0, 0, 1, 3, 5] = 0.6
+    assert float(pool(x).max()) == pytest.approx(0.6) and pool(x).shape == (1, 1, 4, 4, 4)
+    assert net(torch.randn(2, 1, 4, 8, 8)).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"at least \(4, 8, 8\)"):
+        net(torch.randn(1, 1, 4, 4, 8))
+    with pytest.raises(ValueError, match="input_pool"):
+        build_model("convnet", {**TINY_CONVNET, "input_pool": [2, 2]})

@@ -247,3 +247,83 @@ def test_augmentation_changes_only_the_network_input_and_is_reproducible():
     for field in ("hu", "labels", "weight", "ref"):
         np.testing.assert_array_equal(getattr(a, field), getattr(scan, field))
     assert train_module.augment(scan, 0.0, 0, 0.0) is scan
+
+
+def test_confuser_cells_group_bright_non_calcium_voxels_by_cube():
+    """Every voxel >= the threshold that is not calcium is in exactly one cube's list; calcium in none."""
+    hu = np.full((16, 48, 48), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.int64)
+    hu[:, 30:46, 20:28] = 300.0  # a big bright block (the spine)
+    hu[2, 2, 2] = 560.0  # a rib's cross-section in a corner of the crop
+    hu[8, 10, 40] = labels[8, 10, 40] = 500.0  # calcium
+    labels[8, 10, 40] = 3
+    cells = train_module.confuser_cells(hu, labels, 130.0, cell=16)
+    together = np.concatenate(cells)
+    assert len(together) == int(((hu >= 130) & (labels == 0)).sum()) == len({tuple(v) for v in together})
+    assert not any((cell == [8, 10, 40]).all(1).any() for cell in cells)
+    corner = [cell for cell in cells if (cell == [2, 2, 2]).all(1).any()]
+    assert len(corner) == 1 and len(corner[0]) == 1  # the rib has a cube of its own, the spine's fill others
+    assert train_module.confuser_cells(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 4), np.int64), 130) == []
+
+
+def test_confuser_patches_show_the_rare_bright_structures():
+    """confuser_fraction: patches of the scheduled scan centred on a cube of bright non-calcium voxels, so that
+    a rib end in a corner is in about as many patches as the spine, whose voxels outnumber its 800 to 1."""
+    labels = np.zeros((32, 96, 96), np.int64)
+    scan = _scan(labels)
+    scan.hu[:, 60:90, 40:60] = 300.0  # spine
+    scan.hu[1, 1, 1] = 560.0  # rib end
+    scan.confusers = train_module.confuser_cells(scan.hu, labels, 130.0)
+    cfg = TrainConfig(patch_size=(16, 16, 8), confuser_fraction=1.0)
+    plan = train_module.plan_epoch([scan, _scan(labels, gated=False)], [0], [1], 1, 300, cfg,
+                                   np.random.default_rng(0))  # fmt: skip
+
+    def holding_the_rib(batches):
+        return sum(s.origin[0] <= 1 < s.origin[0] + 8 and s.origin[1] <= 1 < s.origin[1] + 16
+                   and s.origin[2] <= 1 < s.origin[2] + 16 for s, _ in batches)  # fmt: skip
+
+    rib = holding_the_rib(plan)
+    assert rib > 300 / (2 * len(scan.confusers))  # about a cube's share, not the rib's 1 / 19,000 of the voxels
+    uniform = train_module.plan_epoch([scan, _scan(labels, gated=False)], [0], [1], 1, 300,
+                                      TrainConfig(patch_size=(16, 16, 8)), np.random.default_rng(0))  # fmt: skip
+    assert rib > 3 * holding_the_rib(uniform)
+    with pytest.raises(ValueError, match="confuser_fraction"):
+        TrainConfig(foreground_fraction=0.8, confuser_fraction=0.3)
+
+
+def test_calcium_free_nongated_scans_become_patches_calcified_ones_stay_whole():
+    """nongated_zero_patches: eq. 5 with target 0 is exact on any part of a calcium-free scan; a calcified
+    non-gated scan's reference is a whole-scan score, so it stays a whole crop."""
+    labels = np.zeros((32, 64, 64), np.int64)
+    free, calcified = _scan(labels, gated=False), _scan(labels, gated=False)
+    calcified.ref = np.array([0.0, 0.0, 30.0, 0.0], np.float32)
+    free.hu[5, 5, 5] = 560.0
+    free.confusers = train_module.confuser_cells(free.hu, labels, 130.0)
+    cfg = TrainConfig(patch_size=(16, 16, 8), nongated_zero_patches=True, foreground_fraction=0.5,
+                      confuser_fraction=0.5)  # fmt: skip
+    plan = train_module.plan_epoch([_scan(labels), free, calcified], [0], [1, 2], 1, 40, cfg,
+                                   np.random.default_rng(0))  # fmt: skip
+    nongated = [batch[-1] for batch in plan]
+    assert {s.scan for s in nongated} == {1, 2}
+    assert all(s.origin is None for s in nongated if s.scan == 2)
+    patches = [s for s in nongated if s.scan == 1]
+    assert patches and all(s.origin is not None and s.noise_sd_hu == 0 and s.blur_z_vox == 0 for s in patches)
+    assert all(s.origin[0] <= 5 < s.origin[0] + 8 for s in patches)  # confuser_fraction / (1 - fg) = 1
+    groups = train_module._groups(plan[0], [_scan(labels), free, calcified], cfg)
+    assert sum(len(g) for g in groups) == len(plan[0])
+    off = train_module.plan_epoch([_scan(labels), free, calcified], [0], [1, 2], 1, 10,
+                                  TrainConfig(patch_size=(16, 16, 8)), np.random.default_rng(0))  # fmt: skip
+    assert all(batch[-1].origin is None for batch in off)  # the paper's way: whole crops
+
+
+def test_validate_every_leaves_nan_between_validations(tiny_crops, tmp_path):
+    metrics = train_experiment("v", tiny_crops, tmp_path, _cfg("spss", epochs=5, validate_every=2))
+    validated = metrics.val_mae_total.notna().tolist()
+    assert validated == [False, True, False, True, True]  # every 2nd epoch and the last
+    assert set(train_module.VALIDATION_COLUMNS) <= set(metrics.columns)
+
+
+def test_channels_last_is_used_without_bf16_unless_switched_off():
+    assert train_module.use_channels_last(TrainConfig(), amp=False)
+    assert not train_module.use_channels_last(TrainConfig(channels_last=False), amp=False)
+    assert train_module.use_channels_last(TrainConfig(channels_last=False), amp=True)  # bf16 always uses it

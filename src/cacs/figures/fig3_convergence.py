@@ -62,6 +62,7 @@ def figure3(
         for ax, (column, ylabel) in zip(axes, panels, strict=True):
             values = []
             for label, frame in frames.items():
+                frame = frame.dropna(subset=[column])  # epochs without validation (train.validate_every)
                 few = len(frame) <= 30  # markers make short runs readable
                 ax.plot(frame["epoch"], frame[column], marker="o" if few else None, markersize=4, label=label)
                 values.append(frame[column].to_numpy(dtype=float))

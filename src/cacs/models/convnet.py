@@ -56,6 +56,11 @@ class ConvNetConfig:
     """Architecture of :class:`ConvNetRegressor`; lists are accepted and stored as tuples."""
 
     in_channels: int = 1
+    input_pool: tuple[int, int, int] = (1, 1, 1)
+    # Max pooling of the input before the first stage, (x, y, z) factors.  (2, 2, 1) takes the
+    # default run's 1.5 x 1.5 x 3 mm crop to 3 x 3 x 3 mm, as de Vos et al. regress from
+    # downsampled volumes; max pooling keeps a one-voxel calcification at its peak HU.  On a
+    # 2-core CPU it made a training step 3.7x faster, with the same (lack of) learning.
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     # Widths per stage, 2x max pooling between stages: 4 poolings take 48 x 128 x 128
     # to 3 x 8 x 8 before the global pooling, so the last stage sees the whole heart.
@@ -77,9 +82,14 @@ class ConvNetConfig:
     # weight decay for either model, so none by default (same as SPSS).
 
     def __post_init__(self) -> None:
-        if isinstance(self.channels, list):
-            object.__setattr__(self, "channels", tuple(self.channels))
+        for name in ("channels", "input_pool"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_int("in_channels", self.in_channels)
+        if not isinstance(self.input_pool, tuple) or len(self.input_pool) != 3:
+            raise ValueError(f"input_pool must be three factors (x, y, z), got {self.input_pool!r}")
+        for f in self.input_pool:
+            _check_int("input_pool", f)
         if not isinstance(self.channels, tuple) or not self.channels:
             raise ValueError(f"channels must be a non-empty list of positive ints, got {self.channels!r}")
         for c in self.channels:
@@ -91,9 +101,9 @@ class ConvNetConfig:
         _check_dropout(self.dropout)
 
     @property
-    def min_size(self) -> int:
-        """Smallest spatial size that survives the poolings (2 ** poolings)."""
-        return 2 ** (len(self.channels) - 1)
+    def min_size_zyx(self) -> tuple[int, int, int]:
+        """Smallest spatial size (z, y, x) that survives the poolings."""
+        return tuple(f * 2 ** (len(self.channels) - 1) for f in self.input_pool[::-1])
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -103,7 +113,7 @@ class ConvNetConfig:
 class ConvNetRegressor(nn.Module):
     """[B, 1, Z, Y, X] crop -> [B, 4] predicted ``log1p`` per-artery scores (LM, LCX, LAD, RCA).
 
-    Any spatial size of at least ``config.min_size`` works (global pooling); both
+    Any spatial size of at least ``config.min_size_zyx`` works (global pooling); both
     cohorts go through the same weights.
     """
 
@@ -111,6 +121,8 @@ class ConvNetRegressor(nn.Module):
         super().__init__()
         self.config = cfg = config or ConvNetConfig()
         layers: list[nn.Module] = []
+        if cfg.input_pool != (1, 1, 1):
+            layers.append(nn.MaxPool3d(kernel_size=cfg.input_pool[::-1]))
         in_ch = cfg.in_channels
         for i, width in enumerate(cfg.channels):
             if i > 0:
@@ -143,10 +155,11 @@ class ConvNetRegressor(nn.Module):
             raise ValueError(
                 f"ConvNetRegressor expects a [B, {cfg.in_channels}, Z, Y, X] tensor, got shape {tuple(x.shape)}"
             )
-        if any(s < cfg.min_size for s in x.shape[2:]):
+        if any(s < m for s, m in zip(x.shape[2:], cfg.min_size_zyx, strict=True)):
             raise ValueError(
                 f"ConvNetRegressor input spatial size (Z, Y, X) = {tuple(x.shape[2:])} must be at least "
-                f"{cfg.min_size} along each axis ({len(cfg.channels) - 1} 2x poolings)"
+                f"{cfg.min_size_zyx} ({len(cfg.channels) - 1} 2x poolings after an input pooling of "
+                f"{cfg.input_pool[::-1]})"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

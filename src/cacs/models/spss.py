@@ -52,6 +52,7 @@ import torch
 from monai.networks.blocks import Convolution
 from monai.networks.nets import DynUNet
 from torch import nn
+from torch.nn import functional as F
 
 from cacs.agatston import differentiable_agatston_from_logits
 
@@ -96,6 +97,14 @@ class SPSSConfig:
     # from where it lies relative to the aortic root and the other vessels.
     large_width: int = 32
     # Twice the small width: four classes that differ only by context.
+    artery_level: int = 0
+    # Backbone level the large atrous block reads: 0 = the backbone output at full
+    # resolution (both heads read the same features), 1 = the decoder's features at half
+    # resolution (channels[1] wide), whose 4 logits are then upsampled trilinearly to the
+    # input's size.  Which artery a lesion belongs to is a smooth field over the heart, so
+    # half resolution loses nothing a reader needs, and on a CPU it cuts the whole-crop
+    # training step by about a fifth (the full-resolution dilated convs of this block
+    # were a third of it; docs/benchmarks.md).  The same dilations reach twice as far.
     norm: str = "instance"
     # Instance norm: the paper's batch is 2 images per GPU, too few for batch
     # statistics, and one batch can mix gated and non-gated scans; per-image
@@ -131,6 +140,11 @@ class SPSSConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTS)
         _check_dropout(self.dropout)
+        if isinstance(self.artery_level, bool) or self.artery_level not in range(len(self.channels) - 1):
+            raise ValueError(
+                f"artery_level must be a backbone level below the bottleneck, 0..{len(self.channels) - 2}; "
+                f"got {self.artery_level!r}"
+            )
         if self.cac_prior is not None and not (
             isinstance(self.cac_prior, int | float) and not isinstance(self.cac_prior, bool) and 0 < self.cac_prior < 1
         ):
@@ -256,13 +270,18 @@ class SPSSNet(nn.Module):
             norm_name=norm_spec(cfg.norm),
             act_name=act_spec(cfg.act),
         )
-        head = {"in_channels": cfg.feature_width, "norm": cfg.norm, "act": cfg.act, "dropout": cfg.dropout}
+        head = {"norm": cfg.norm, "act": cfg.act, "dropout": cfg.dropout}
         self.cac_head = AtrousBlock(
-            width=cfg.small_width, dilations=cfg.small_dilations, out_channels=N_CAC_CLASSES, **head
+            cfg.feature_width, cfg.small_width, cfg.small_dilations, N_CAC_CLASSES, **head
         )
-        self.artery_head = AtrousBlock(
-            width=cfg.large_width, dilations=cfg.large_dilations, out_channels=N_ARTERIES, **head
-        )
+        artery_in = cfg.feature_width if cfg.artery_level == 0 else cfg.channels[cfg.artery_level]
+        self.artery_head = AtrousBlock(artery_in, cfg.large_width, cfg.large_dilations, N_ARTERIES, **head)
+        self._decoder_features: torch.Tensor | None = None
+        if cfg.artery_level:
+            # DynUNet builds its decoder recursively and returns only the top level's output;
+            # a hook on the upsampling block of the wanted level hands its output to forward().
+            # upsamples[-1] is the full-resolution level, upsamples[-1 - k] level k.
+            self.backbone.upsamples[-1 - cfg.artery_level].register_forward_hook(self._keep_decoder_features)
         if cfg.cac_prior is not None:
             # softmax([0, b])_1 = prior  <=>  b = log(prior / (1 - prior))
             with torch.no_grad():
@@ -282,10 +301,17 @@ class SPSSNet(nn.Module):
                 f"{k} (2 ** {len(cfg.channels) - 1} downsamplings); pad or crop the model grid"
             )
 
+    def _keep_decoder_features(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._decoder_features = output
+
     def forward(self, x: torch.Tensor) -> SPSSOutput:
         self.check_input(x)
         features = self.backbone(x)
-        return SPSSOutput(cac_logits=self.cac_head(features), artery_logits=self.artery_head(features))
+        if self.config.artery_level == 0:
+            return SPSSOutput(cac_logits=self.cac_head(features), artery_logits=self.artery_head(features))
+        coarse, self._decoder_features = self._decoder_features, None  # no activation kept past the call
+        artery = F.interpolate(self.artery_head(coarse), size=x.shape[2:], mode="trilinear", align_corners=False)
+        return SPSSOutput(cac_logits=self.cac_head(features), artery_logits=artery)
 
     @staticmethod
     def scores(
