@@ -153,7 +153,8 @@ def _synthetic_scan(shape: tuple[int, int, int], gated: bool, seed: int):
     hu[:, -12:-4, 30:40] = 600
     return Scan(case_id=f"s{seed}", gated=gated, x=(np.clip(hu, *HU_CLIP) / HU_SCALE)[None], hu=hu,
                 labels=labels if gated else np.zeros_like(labels), weight=lesion_weight_map(hu), voxel_factor=2.5,
-                ref=np.full(4, 50.0, np.float32), foreground=np.argwhere(labels > 0))  # fmt: skip
+                ref=np.full(4, 50.0, np.float32), foreground=np.argwhere(labels > 0),
+                spacing=(1.5, 1.5, 3.0))  # fmt: skip
 
 
 def bench_train(experiment: str, batch: int) -> dict[str, Any]:

@@ -327,3 +327,46 @@ def test_channels_last_is_used_without_bf16_unless_switched_off():
     assert train_module.use_channels_last(TrainConfig(), amp=False)
     assert not train_module.use_channels_last(TrainConfig(channels_last=False), amp=False)
     assert train_module.use_channels_last(TrainConfig(channels_last=False), amp=True)  # bf16 always uses it
+
+
+class _FixedMaps(torch.nn.Module):
+    """Stand-in SPSS model: p(CAC) = ``p_in`` inside ``box`` (artery LAD there), ``p_out`` elsewhere."""
+
+    def __init__(self, shape, box, p_in: float, p_out: float):
+        super().__init__()
+        logit = np.full(shape, np.log(p_out / (1 - p_out)), np.float32)
+        logit[box] = np.log(p_in / (1 - p_in))
+        self.cac = torch.stack([torch.zeros(shape), torch.from_numpy(logit)])[None]
+        art = torch.zeros((1, 4, *shape))
+        art[0, 2] = 5.0  # LAD everywhere
+        self.art = art
+
+    def forward(self, x):
+        from cacs.models.spss import SPSSOutput
+
+        return SPSSOutput(self.cac, self.art)
+
+
+def test_validation_bias_scores_label_maps_clinically_not_eq1_soft_sums():
+    """Faint calcium probabilities over bone count for eq. 1's soft score, never for the clinical one."""
+    shape = (8, 16, 16)
+    hu = np.full(shape, 40.0, np.float32)
+    bone = (slice(2, 6), slice(2, 8), slice(2, 8))
+    hu[bone] = 600.0
+    labels = np.zeros(shape, np.int64)
+    scan = _scan(labels, gated=True)
+    scan = train_module.dataclasses.replace(scan, hu=hu, x=(hu / 1000)[None], spacing=(1.5, 1.5, 3.0))
+    cfg = TrainConfig(model="spss", channels_last=False)
+    faint = _FixedMaps(shape, bone, p_in=0.2, p_out=0.01)
+    assert train_module.evaluate_bias(faint, cfg, [scan], torch.device("cpu"), False)["val_mae_total"] == 0.0
+    sure = _FixedMaps(shape, bone, p_in=0.9, p_out=0.01)
+    mask = np.zeros(shape, np.int64)
+    mask[bone] = 3  # what the decision rule labels: the bone, as LAD
+    expected = train_module.agatston_scores(hu, mask, (1.5, 1.5, 3.0), AgatstonParams())
+    bias = train_module.evaluate_bias(sure, cfg, [scan], torch.device("cpu"), False)
+    assert expected["LAD"] > 0
+    assert bias["val_mae_total"] == pytest.approx(expected["total"], rel=1e-6)
+    assert bias["val_mae_artery"] == pytest.approx(expected["LAD"] / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="no spacing"):
+        train_module.evaluate_bias(sure, cfg, [train_module.dataclasses.replace(scan, spacing=None)],
+                                   torch.device("cpu"), False)  # fmt: skip

@@ -51,7 +51,7 @@ def test_tiny_pipeline_end_to_end(tiny_run: TinyRun):
     for experiment in ("spss", "spss_wo_ssl", "spss_ce", "convnet"):
         metrics = pd.read_csv(tmp_path / "results" / "models" / experiment / "metrics.csv")
         assert metrics.epoch.tolist() == [1, 2]
-        assert metrics.val_mae_total.notna().all()
+        assert metrics.val_mae_total.notna().iloc[-1]  # the last epoch validates, whatever validate_every
         assert (tmp_path / "results" / "models" / experiment / "model.pt").exists()
     _check_paper_outputs(tmp_path)
     _check_infer_equals_pipeline(tmp_path)

@@ -45,7 +45,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from cacs import ARTERIES
-from cacs.agatston import AgatstonParams, lesion_weight_map, voxel_score_factor
+from cacs.agatston import AgatstonParams, agatston_scores, lesion_weight_map, voxel_score_factor
 from cacs.bundle import (
     BUNDLE_KEY,
     Given,
@@ -63,6 +63,7 @@ from cacs.io.atomic import write_csv, write_torch
 from cacs.losses import LossConfig, convnet_loss, nongated_background_loss, regression_loss, semantic_loss
 from cacs.models import build_model, make_config
 from cacs.models.inputs import HU_CLIP, HU_SCALE  # also re-exported: `from cacs.train import HU_SCALE`
+from cacs.native_scoring import class_probabilities, decide_labels
 from cacs.training_loop import EpochLoop, changed_keys, mean_over_ranks
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class Scan:
     confusers: list[np.ndarray] = field(default_factory=list)
     # the voxels >= the Agatston threshold that are not calcium (bone, aortic calcium), by cube; gated scans
     # and calcium-free non-gated ones (where every such voxel is one), else empty
+    spacing: tuple[float, float, float] | None = None  # (x, y, z) mm of the model grid; the validation's
+    # clinical score needs it (training patches do not)
 
 
 def confuser_cells(hu: np.ndarray, labels: np.ndarray, threshold_hu: float, cell: int = 16) -> list[np.ndarray]:
@@ -252,6 +255,7 @@ def load_scans(index: pd.DataFrame, agatston: AgatstonParams, progress: bool = T
                 ref=ref,
                 foreground=np.argwhere(labels > 0).astype(np.int32),
                 confusers=confuser_cells(hu, labels, agatston.threshold_hu) if has_labels or not ref.any() else [],
+                spacing=spacing,
             )
         )
     return scans
@@ -585,19 +589,33 @@ def check_world_size(cfg: TrainConfig, world_size: int) -> None:
 
 
 @torch.no_grad()
-def _bias_rows(model, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool) -> list[dict]:
-    """Per validation scan: cohort and absolute error of the total and mean per-artery score."""
+def _bias_rows(
+    model, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool, agatston: AgatstonParams
+) -> list[dict]:
+    """Per validation scan: cohort and absolute error of the total and mean per-artery score.
+
+    An SPSS model is scored as a reader would score its label map: ``cacs predict``'s decision rule
+    (:func:`cacs.native_scoring.decide_labels`) and the clinical Agatston scorer, here on the model grid's
+    HU (the native scans are not among the training job's inputs). Eq. 1's soft score, what the
+    regression loss trains, is not used: it sums small calcium probabilities over thousands of bone
+    voxels that no threshold would call calcium, and so measured scores of 140-280 on calcium-free
+    validation scans that every decision rule scored 0. A perfect segmentation on the model grid loses
+    the calcium that resampling pulls under 130 HU (``ref_grid_*`` in the prediction tables), so the
+    curve's floor is above 0.
+    """
     model.eval()
     rows = []
     for s in scans:
         batch = _batch([s], device, use_channels_last(cfg, amp))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch["x"])
         if cfg.model == "convnet":
-            pred = model.scores(out.float())
+            p = model.scores(out.float())[0].cpu().numpy()
         else:
-            pred = model.scores(out, batch["weight"], batch["voxel_factor"])
-        p = pred[0].cpu().numpy()
+            if s.spacing is None:
+                raise ValueError(f"validation scan {s.case_id}: no spacing, which its Agatston score needs")
+            scores = agatston_scores(s.hu, decide_labels(class_probabilities(out)), s.spacing, agatston)
+            p = np.array([scores[a] for a in ARTERIES], dtype=np.float64)
         rows.append({"gated": s.gated, "total": abs(p.sum() - s.ref.sum()), "artery": float(np.abs(p - s.ref).mean())})
     model.train()
     return rows
@@ -620,9 +638,15 @@ def _summarise_bias(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def evaluate_bias(model, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool) -> dict[str, float]:
-    """Mean absolute scoring bias on validation scans (total and mean per artery), per cohort and overall."""
-    return _summarise_bias(_bias_rows(model, cfg, scans, device, amp))
+def evaluate_bias(
+    model, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool,
+    agatston: AgatstonParams | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Mean absolute scoring bias on validation scans (total and mean per artery), per cohort and overall.
+
+    ``agatston``: the scoring convention (default: the standard one); see :func:`_bias_rows`.
+    """
+    return _summarise_bias(_bias_rows(model, cfg, scans, device, amp, agatston or AgatstonParams()))
 
 
 # --------------------------------------------------------------------------- several processes (torchrun)
@@ -657,14 +681,17 @@ def _sync_buffers(core: torch.nn.Module, env: DistributedEnv) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def _evaluate(core, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool, env: DistributedEnv):
+def _evaluate(
+    core, cfg: TrainConfig, scans: list[Scan], device: torch.device, amp: bool, env: DistributedEnv,
+    agatston: AgatstonParams,
+):  # fmt: skip
     """:func:`evaluate_bias`, the scans shared round-robin by the ranks and gathered in their original order."""
     if not env.enabled:
-        return evaluate_bias(core, cfg, scans, device, amp)
+        return evaluate_bias(core, cfg, scans, device, amp, agatston)
     import torch.distributed as dist
 
     mine = list(range(env.rank, len(scans), env.world_size))
-    rows = _bias_rows(core, cfg, [scans[i] for i in mine], device, amp)
+    rows = _bias_rows(core, cfg, [scans[i] for i in mine], device, amp, agatston)
     gathered: list[list | None] = [None] * env.world_size
     dist.all_gather_object(gathered, list(zip(mine, rows, strict=True)))
     ordered = sorted((pair for part in gathered for pair in part or []), key=lambda pair: pair[0])
@@ -854,7 +881,7 @@ def _train(
         if epoch % cfg.validate_every and epoch != cfg.epochs:
             return _summarise_bias([])  # whole-crop forwards of every validation scan cost a CPU run minutes
         _sync_buffers(core, env)
-        return _evaluate(core, cfg, val_scans, device, amp, env)
+        return _evaluate(core, cfg, val_scans, device, amp, env, agatston)
 
     metrics = loop.run(train_epoch, validate, on_epoch_end=lambda epoch, row: _check_ranks_agree(core, env, device))
     frame = pd.DataFrame(metrics)
