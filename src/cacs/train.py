@@ -424,8 +424,9 @@ def plan_epoch(
     probability ``confuser_fraction`` a patch of the scheduled scan around one
     of its *confusers*, voxels at or above the Agatston threshold that are not
     calcium (bone, aortic calcium: what a trained network still called
-    calcium, at the crop's faces), otherwise a uniform patch of the scheduled scan.  Non-gated scans are
-    whole crops: their reference is a whole-scan score (eq. 5).  With
+    calcium, at the crop's faces), otherwise a uniform patch of the scheduled
+    scan.  Non-gated scans are whole crops: their reference is a whole-scan
+    score (eq. 5).  With
     ``nongated_zero_patches`` a non-gated scan whose reference is 0 gives one
     patch instead: no part of a calcium-free scan holds calcium, so eq. 5 with
     target 0 is exact on the patch, at a fraction of a whole crop's cost.  Such a
@@ -598,8 +599,8 @@ def _bias_rows(
     (:func:`cacs.native_scoring.decide_labels`) and the clinical Agatston scorer, here on the model grid's
     HU (the native scans are not among the training job's inputs). Eq. 1's soft score, what the
     regression loss trains, is not used: it sums small calcium probabilities over thousands of bone
-    voxels that no threshold would call calcium, and so measured scores of 140-280 on calcium-free
-    validation scans that every decision rule scored 0. A perfect segmentation on the model grid loses
+    voxels that no threshold would call calcium: it gave 125-285 points to calcium-free validation
+    scans of the default run whose label maps scored 0. A perfect segmentation on the model grid loses
     the calcium that resampling pulls under 130 HU (``ref_grid_*`` in the prediction tables), so the
     curve's floor is above 0.
     """
@@ -607,7 +608,7 @@ def _bias_rows(
     rows = []
     for s in scans:
         batch = _batch([s], device, use_channels_last(cfg, amp))
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch["x"])
         if cfg.model == "convnet":
             p = model.scores(out.float())[0].cpu().numpy()

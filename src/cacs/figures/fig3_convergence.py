@@ -77,7 +77,7 @@ def figure3(
         axes[0].set_title("(a) loss")
         axes[1].set_title("(b) mean absolute scoring bias")
         if frames:
-            axes[1].legend(loc="upper right")
+            axes[1].legend(loc="best")  # L_ce flat at the top, local-sampled falling: no fixed corner is free
         suptitle(fig, f"Figure 3. Convergence of SPSS with different segmentation losses; {caption}")
         return save_figure(fig, out_stem)
 
