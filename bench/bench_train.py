@@ -152,9 +152,12 @@ def side_by_side(steps: int = 6) -> dict:
 
 
 def _native_bf16() -> bool:
+    """Whether cacs train would use bf16 here (CUDA, or a CPU with native bf16)."""
     import torch
 
-    return torch.cuda.is_available() or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from cacs.train import TrainConfig, use_amp
+
+    return use_amp(TrainConfig(amp=True), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def main() -> None:

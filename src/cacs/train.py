@@ -456,8 +456,7 @@ def plan_epoch(
                     fg = scans[idx].foreground
                     centre = fg[rng.integers(len(fg))]
                 elif confusers and draw < cfg.foreground_fraction + cfg.confuser_fraction:
-                    cube = confusers[rng.integers(len(confusers))]
-                    centre = cube[rng.integers(len(cube))]
+                    centre = _confuser_centre(confusers, rng)
                 origin = _patch_origin(scans[idx].hu.shape, size, rng, centre)
                 noise = float(rng.uniform(0.0, cfg.noise_hu))
                 blur = float(rng.uniform(0.0, cfg.blur_z_vox))
@@ -469,11 +468,17 @@ def plan_epoch(
                 continue
             confusers, centre = scans[scheduled].confusers, None
             if confusers and rng.random() < cfg.confuser_fraction / max(1.0 - cfg.foreground_fraction, 1e-9):
-                cube = confusers[rng.integers(len(confusers))]
-                centre = cube[rng.integers(len(cube))]
+                centre = _confuser_centre(confusers, rng)
             batch.append(Sample(scheduled, _patch_origin(scans[scheduled].hu.shape, size, rng, centre)))
         batches.append(batch)
     return batches
+
+
+def _confuser_centre(confusers: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A confuser voxel (z, y, x): a cube first, then a voxel in it, so that a lone rib end is drawn as often
+    as a cube of the spine, whose voxels outnumber it by thousands."""
+    cube = confusers[rng.integers(len(confusers))]
+    return cube[rng.integers(len(cube))]
 
 
 def _epoch_batches(gated: list[int], nongated: list[int], half: int, rng: np.random.Generator) -> list[list[int]]:
